@@ -1,0 +1,365 @@
+//! The admin API: HTTP/1.1 + JSON on a Unix socket. It reads the snapshot freely and
+//! changes it only through the [`Switchboard`]. Every error is JSON
+//! (`{"error": "…"}`) with a 4xx/5xx status, and a refused request changes nothing.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+
+use crate::drain::Tracker;
+use crate::error::AdminError;
+use crate::snapshot::{Color, Snapshot};
+use crate::switchboard::{Caller, StateReport, Switchboard};
+
+/// What the admin handlers share.
+pub struct Admin {
+    pub switchboard: Arc<Switchboard>,
+    pub tracker: Arc<Tracker>,
+}
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchBody {
+    to: String,
+    expect_generation: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    expect_generation: Option<u64>,
+}
+
+/// `GET /status`, also the body of a successful switch or rollback.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub live: Color,
+    pub previous: Option<Color>,
+    pub generation: u64,
+    /// Set on switch/rollback: false when the target was already live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+    pub pools: Pools,
+    pub state: StateView,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Pools {
+    pub blue: PoolStatus,
+    pub green: PoolStatus,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// `live`, `draining` (not live, requests still in flight) or `idle`.
+    pub role: String,
+    pub in_flight: usize,
+    pub healthy: usize,
+    pub total: usize,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: String,
+    pub healthy: bool,
+    pub in_flight: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StateView {
+    pub file: Option<PathBuf>,
+    pub restored: bool,
+    pub error: Option<String>,
+}
+
+// === impl Admin ===
+
+impl Admin {
+    async fn handle(&self, req: Request<Incoming>, caller: Caller) -> Response<Full<Bytes>> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let result = self.route(req, caller).await;
+        match result {
+            Ok(resp) => resp,
+            Err(err) => {
+                tracing::info!(%method, %path, uid = caller.uid, status = err.status().as_u16(), error = %err, "admin request refused");
+                let allow = match &err {
+                    AdminError::MethodNotAllowed { allow, .. } => Some(*allow),
+                    _ => None,
+                };
+                let mut resp = json(
+                    err.status(),
+                    &serde_json::json!({ "error": err.to_string() }),
+                );
+                if let Some(allow) = allow {
+                    resp.headers_mut()
+                        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+                }
+                resp
+            }
+        }
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        caller: Caller,
+    ) -> Result<Response<Full<Bytes>>, AdminError> {
+        let allow = match req.uri().path() {
+            "/status" | "/metrics" => "GET",
+            "/switch" | "/rollback" => "POST",
+            other => return Err(AdminError::NotFound(other.to_owned())),
+        };
+        if req.method().as_str() != allow && !(allow == "GET" && req.method() == Method::HEAD) {
+            return Err(AdminError::MethodNotAllowed {
+                method: req.method().to_string(),
+                path: req.uri().path().to_owned(),
+                allow,
+            });
+        }
+        match req.uri().path() {
+            "/status" => Ok(json(StatusCode::OK, &self.status(None))),
+            "/metrics" => Ok(self.metrics()),
+            "/switch" => {
+                let body: SwitchBody = read_json(req).await?.ok_or_else(|| {
+                    AdminError::BadRequest(
+                        "empty body; send JSON such as {\"to\": \"green\"}".into(),
+                    )
+                })?;
+                let to = body
+                    .to
+                    .parse::<Color>()
+                    .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+                let change = self
+                    .switchboard
+                    .switch(to, body.expect_generation, caller)
+                    .await?;
+                Ok(json(StatusCode::OK, &self.status(Some(change.changed))))
+            }
+            _ => {
+                let body: RollbackBody = read_json(req).await?.unwrap_or_default();
+                let change = self
+                    .switchboard
+                    .rollback(body.expect_generation, caller)
+                    .await?;
+                Ok(json(StatusCode::OK, &self.status(Some(change.changed))))
+            }
+        }
+    }
+
+    pub fn status(&self, changed: Option<bool>) -> Status {
+        let snap = self.switchboard.snapshot();
+        let report: &StateReport = self.switchboard.report();
+        Status {
+            live: snap.live,
+            previous: snap.previous,
+            generation: snap.generation,
+            changed,
+            pools: Pools {
+                blue: self.pool_status(&snap, Color::Blue),
+                green: self.pool_status(&snap, Color::Green),
+            },
+            state: StateView {
+                file: report.path.clone(),
+                restored: report.restored,
+                error: report.error.clone(),
+            },
+        }
+    }
+
+    fn pool_status(&self, snap: &Snapshot, color: Color) -> PoolStatus {
+        let pool = snap.pool(color);
+        let in_flight = self.tracker.in_flight(color);
+        let role = if snap.live == color {
+            "live"
+        } else if in_flight > 0 {
+            "draining"
+        } else {
+            "idle"
+        };
+        PoolStatus {
+            role: role.to_owned(),
+            in_flight,
+            healthy: pool.healthy_count(),
+            total: pool.backends.len(),
+            backends: pool
+                .backends
+                .iter()
+                .map(|b| BackendStatus {
+                    address: b.address.clone(),
+                    healthy: b.is_healthy(),
+                    in_flight: b.in_flight(),
+                })
+                .collect(),
+        }
+    }
+
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let snap = self.switchboard.snapshot();
+        let mut text = String::new();
+        text.push_str("# HELP cutover_live_color 1 for the colour that receives traffic.\n");
+        text.push_str("# TYPE cutover_live_color gauge\n");
+        for color in Color::ALL {
+            let v = u8::from(snap.live == color);
+            text.push_str(&format!("cutover_live_color{{color=\"{color}\"}} {v}\n"));
+        }
+        text.push_str("# HELP cutover_routing_generation Generation of the routing snapshot.\n");
+        text.push_str("# TYPE cutover_routing_generation gauge\n");
+        text.push_str(&format!("cutover_routing_generation {}\n", snap.generation));
+        text.push_str("# HELP cutover_in_flight_requests Requests in flight per colour.\n");
+        text.push_str("# TYPE cutover_in_flight_requests gauge\n");
+        for color in Color::ALL {
+            let n = self.tracker.in_flight(color);
+            text.push_str(&format!(
+                "cutover_in_flight_requests{{color=\"{color}\"}} {n}\n"
+            ));
+        }
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+/// Reads a JSON body of at most [`MAX_BODY`] bytes; `None` when the body is empty.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<Option<T>, AdminError> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                AdminError::TooLarge(MAX_BODY)
+            } else {
+                AdminError::BadRequest(format!("could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        AdminError::BadRequest(format!(
+            "invalid JSON body: {e}; send e.g. {{\"to\": \"green\", \"expect_generation\": 3}}"
+        ))
+    })
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+    body.push(b'\n');
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+// === socket ===
+
+/// Binds the admin socket with `mode`. An existing socket file is replaced only when
+/// nothing answers on it (a stale leftover); a live one or a non-socket file is an error.
+pub async fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "admin socket {} is in use by a running process; stop it or choose another admin.socket",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "admin socket path {} exists and is not a socket; remove it or choose another admin.socket",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // Bind under a restrictive umask so the socket is never reachable with wider
+    // permissions, not even between bind and chmod.
+    // SAFETY: umask only swaps the process file-creation mask; it cannot fail.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = listener.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind admin socket {}: {e}", path.display()),
+        )
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// Serves admin connections until `shutdown`; returns the open connections' watcher.
+pub async fn serve(
+    listener: UnixListener,
+    admin: Arc<Admin>,
+    shutdown: impl Future<Output = ()>,
+) -> GracefulShutdown {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let caller = Caller {
+            uid: stream.peer_cred().ok().map(|c| c.uid()),
+        };
+        let admin = Arc::clone(&admin);
+        let service = service_fn(move |req| {
+            let admin = Arc::clone(&admin);
+            async move { Ok::<_, std::convert::Infallible>(admin.handle(req, caller).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+    graceful
+}

@@ -1,0 +1,498 @@
+//! Configuration: TOML → `Raw*` structs (serde, unknown keys rejected) → validate →
+//! [`Config`]. Nothing is half-applied: a file either yields a whole `Config` or a
+//! [`ConfigError`] that names every key that is wrong and how to fix it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::snapshot::Color;
+
+/// A validated configuration; every field has been checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub admin: AdminConfig,
+    /// Where the live colour and generation are persisted; `None` keeps them in memory only.
+    pub state_file: Option<PathBuf>,
+    /// Backends of each colour, indexed by [`Color::index`].
+    pub pools: [PoolConfig; 2],
+    /// The colour that is live on the very first start (afterwards the state file wins).
+    pub initial_live: Color,
+    pub upstream: UpstreamConfig,
+    /// How long in-flight requests may run after SIGTERM before the process exits anyway.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    /// Time a client has to send a whole request head (slowloris guard).
+    pub header_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub socket: PathBuf,
+    /// File mode of the socket; 0600 by default so only the owner can switch traffic.
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// `host:port` of each backend, in config order, without duplicates.
+    pub backends: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    /// Time a backend has to send response headers before the client gets 504.
+    pub response_timeout: Duration,
+    /// Idle pooled connections to a backend are closed after this long.
+    pub idle_timeout: Duration,
+    pub max_idle_per_backend: usize,
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid TOML for cutover: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path} is invalid:\n{}", Problems(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One invalid key and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key, e.g. `pools.green.backends[1]`.
+    pub key: String,
+    pub message: String,
+}
+
+struct Problems<'a>(&'a [Problem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {}: {}", p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+// === raw, as written in the file ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: RawListen,
+    admin: RawAdmin,
+    #[serde(default)]
+    state: Option<RawState>,
+    pools: BTreeMap<String, RawPool>,
+    routing: RawRouting,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    shutdown: RawShutdown,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    address: String,
+    header_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    socket: PathBuf,
+    mode: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    backends: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    live: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_idle_per_backend: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    grace: Option<String>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let mut problems = Vec::new();
+        let config = validate(raw, &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            }),
+        }
+    }
+
+    /// The embedded demo: proxy on 127.0.0.1:8080, admin socket `./cutover.sock`, the
+    /// given in-process demo backends, blue live.
+    pub fn demo(blue: SocketAddr, green: SocketAddr) -> Config {
+        Config {
+            listen: ListenConfig {
+                address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                header_timeout: DEFAULT_HEADER_TIMEOUT,
+            },
+            admin: AdminConfig {
+                socket: PathBuf::from("cutover.sock"),
+                mode: DEFAULT_SOCKET_MODE,
+            },
+            state_file: None,
+            pools: [
+                PoolConfig {
+                    backends: vec![blue.to_string()],
+                },
+                PoolConfig {
+                    backends: vec![green.to_string()],
+                },
+            ],
+            initial_live: Color::Blue,
+            upstream: UpstreamConfig::default(),
+            shutdown_grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_SOCKET_MODE: u32 = 0o600;
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_backend: 256,
+        }
+    }
+}
+
+fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
+    let address = raw.listen.address.parse::<SocketAddr>().map_err(|_| {
+        problem(
+            problems,
+            "listen.address",
+            format!(
+                "{:?} is not an IP:port address; write e.g. \"127.0.0.1:8080\" or \"[::]:80\"",
+                raw.listen.address
+            ),
+        )
+    });
+    let header_timeout = duration(
+        problems,
+        "listen.header_timeout",
+        raw.listen.header_timeout,
+        DEFAULT_HEADER_TIMEOUT,
+    );
+
+    let mode = raw.admin.mode.unwrap_or(DEFAULT_SOCKET_MODE);
+    if mode & !0o777 != 0 {
+        problem(
+            problems,
+            "admin.mode",
+            format!("{mode:#o} is not a file mode; write an octal literal such as 0o600"),
+        );
+    }
+    if raw.admin.socket.as_os_str().is_empty() {
+        problem(
+            problems,
+            "admin.socket",
+            "must be a path, e.g. \"/run/cutover/admin.sock\"".into(),
+        );
+    }
+
+    let pools = pools(raw.pools, problems);
+
+    let initial_live = raw.routing.live.parse::<Color>().map_err(|_| {
+        problem(
+            problems,
+            "routing.live",
+            format!(
+                "unknown colour {:?}; use \"blue\" or \"green\"",
+                raw.routing.live
+            ),
+        )
+    });
+
+    let d = UpstreamConfig::default();
+    let u = raw.upstream;
+    let upstream = UpstreamConfig {
+        connect_timeout: duration(
+            problems,
+            "upstream.connect_timeout",
+            u.connect_timeout,
+            d.connect_timeout,
+        ),
+        response_timeout: duration(
+            problems,
+            "upstream.response_timeout",
+            u.response_timeout,
+            d.response_timeout,
+        ),
+        idle_timeout: duration(
+            problems,
+            "upstream.idle_timeout",
+            u.idle_timeout,
+            d.idle_timeout,
+        ),
+        max_idle_per_backend: u.max_idle_per_backend.unwrap_or(d.max_idle_per_backend),
+    };
+    let shutdown_grace = duration(
+        problems,
+        "shutdown.grace",
+        raw.shutdown.grace,
+        DEFAULT_GRACE,
+    );
+
+    Some(Config {
+        listen: ListenConfig {
+            address: address.ok()?,
+            header_timeout,
+        },
+        admin: AdminConfig {
+            socket: raw.admin.socket,
+            mode,
+        },
+        state_file: raw.state.map(|s| s.file),
+        pools: pools?,
+        initial_live: initial_live.ok()?,
+        upstream,
+        shutdown_grace,
+    })
+}
+
+fn pools(raw: BTreeMap<String, RawPool>, problems: &mut Vec<Problem>) -> Option<[PoolConfig; 2]> {
+    let mut out: [Option<PoolConfig>; 2] = [None, None];
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for (name, pool) in raw {
+        let Ok(color) = name.parse::<Color>() else {
+            problem(
+                problems,
+                &format!("pools.{name}"),
+                "unknown colour; the pools are [pools.blue] and [pools.green]".into(),
+            );
+            continue;
+        };
+        if pool.backends.is_empty() {
+            problem(
+                problems,
+                &format!("pools.{name}.backends"),
+                "is empty; list at least one backend as \"host:port\"".into(),
+            );
+        }
+        let mut backends = Vec::with_capacity(pool.backends.len());
+        for (i, text) in pool.backends.iter().enumerate() {
+            let key = format!("pools.{name}.backends[{i}]");
+            let Some(addr) = backend_address(text) else {
+                problem(
+                    problems,
+                    &key,
+                    format!("{text:?} is not a host:port address; write e.g. \"10.0.0.5:8080\""),
+                );
+                continue;
+            };
+            if let Some(first) = seen.insert(addr.clone(), key.clone()) {
+                problem(
+                    problems,
+                    &key,
+                    format!(
+                        "{addr} is listed twice (first at {first}); a backend belongs to one pool once"
+                    ),
+                );
+                continue;
+            }
+            backends.push(addr);
+        }
+        out[color.index()] = Some(PoolConfig { backends });
+    }
+    for color in Color::ALL {
+        if out[color.index()].is_none() {
+            problem(
+                problems,
+                &format!("pools.{color}"),
+                format!("is missing; add a [pools.{color}] table with backends = [\"host:port\"]"),
+            );
+        }
+    }
+    let [blue, green] = out;
+    Some([blue?, green?])
+}
+
+/// Normalises a backend address: `IP:port` as the socket address prints it, or
+/// `hostname:port` as written. `None` when it is neither.
+fn backend_address(text: &str) -> Option<String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr.to_string());
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    (port_ok && host_ok).then(|| text.to_ascii_lowercase())
+}
+
+fn duration(
+    problems: &mut Vec<Problem>,
+    key: &str,
+    raw: Option<String>,
+    default: Duration,
+) -> Duration {
+    let Some(text) = raw else { return default };
+    match humantime::parse_duration(&text) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            problem(problems, key, "must be longer than zero".into());
+            default
+        }
+        Err(e) => {
+            problem(
+                problems,
+                key,
+                format!(
+                    "{text:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\" or \"2m\""
+                ),
+            );
+            default
+        }
+    }
+}
+
+fn problem(problems: &mut Vec<Problem>, key: &str, message: String) {
+    problems.push(Problem {
+        key: key.to_owned(),
+        message,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [listen]
+        address = "127.0.0.1:8080"
+        [admin]
+        socket = "/tmp/a.sock"
+        [pools.blue]
+        backends = ["127.0.0.1:9001"]
+        [pools.green]
+        backends = ["app-2.internal:9002"]
+        [routing]
+        live = "green"
+    "#;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match Config::parse(text, Path::new("t.toml")) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_gets_defaults() {
+        let c = Config::parse(GOOD, Path::new("t.toml")).expect("valid");
+        assert_eq!(c.initial_live, Color::Green);
+        assert_eq!(c.admin.mode, 0o600);
+        assert_eq!(c.pools[1].backends, vec!["app-2.internal:9002".to_owned()]);
+        assert_eq!(c.upstream.response_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = GOOD
+            .replace("127.0.0.1:8080", "localhost")
+            .replace("\"app-2.internal:9002\"", "\"127.0.0.1:9001\", \"nope\"")
+            .replace(
+                "[routing]",
+                "[upstream]\nconnect_timeout = \"soon\"\n[routing]",
+            );
+        let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "listen.address",
+                "pools.green.backends[0]",
+                "pools.green.backends[1]",
+                "upstream.connect_timeout"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_third_colour_and_a_missing_one_are_named() {
+        let text = GOOD.replace("[pools.green]", "[pools.purple]");
+        let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["pools.purple", "pools.green"]);
+    }
+}

@@ -1,0 +1,101 @@
+//! Error enums at the module boundaries, each mapped to an HTTP status in one place.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::snapshot::Color;
+
+/// Why a proxied request got no upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no healthy backend in the {color} pool")]
+    NoBackend { color: Color },
+    #[error("backend {backend} ({color}) refused or could not be reached: {cause}")]
+    Connect {
+        backend: String,
+        color: Color,
+        cause: String,
+    },
+    #[error("backend {backend} ({color}) failed before sending a response: {cause}")]
+    Upstream {
+        backend: String,
+        color: Color,
+        cause: String,
+    },
+    #[error("backend {backend} ({color}) sent no response headers within {after:?}")]
+    Timeout {
+        backend: String,
+        color: Color,
+        after: Duration,
+    },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The short body the client sees; backend addresses stay in the log.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            ProxyError::NoBackend { .. } => "503 Service Unavailable: no healthy backend\n",
+            ProxyError::Connect { .. } => "502 Bad Gateway: backend unreachable\n",
+            ProxyError::Upstream { .. } => "502 Bad Gateway: backend failed before responding\n",
+            ProxyError::Timeout { .. } => "504 Gateway Timeout: backend did not respond in time\n",
+        }
+    }
+}
+
+/// Why the switchboard refused or failed a change.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error(
+        "generation is {actual}, not the expected {expected}: someone else changed routing; \
+         read /status and retry with the current generation"
+    )]
+    StaleGeneration { expected: u64, actual: u64 },
+    #[error("nothing to roll back to: no switch has happened since this state began")]
+    NoPrevious,
+    #[error("could not persist the new state to {path}: {source}; routing is unchanged")]
+    Persist {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A failed admin request.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such endpoint {0}; try GET /status, POST /switch, POST /rollback, GET /metrics")]
+    NotFound(String),
+    #[error("{method} is not allowed on {path}; use {allow}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+}
+
+impl AdminError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::Switch(SwitchError::Persist { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::Switch(_) => StatusCode::CONFLICT,
+        }
+    }
+}

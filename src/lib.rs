@@ -1,0 +1,40 @@
+//! cutover: a blue-green traffic-switching L7 reverse proxy.
+//!
+//! # The data path
+//!
+//! A client connection is accepted by the [`listener`] and served by hyper-util's auto
+//! builder (HTTP/1.1, or HTTP/2 with prior knowledge). Each request goes to
+//! [`proxy::Proxy::forward`], which loads the routing [`snapshot::Snapshot`] **once**
+//! (one `ArcSwap` load), asks it which colour the request goes to, picks a healthy
+//! backend of that colour's [`pool::Pool`] (round-robin, lock-free), and starts an
+//! [`drain::InFlight`] guard that counts the request against its colour and backend
+//! until the response body has finished streaming. Headers are rewritten by
+//! [`headers`] (hop-by-hop out; `X-Forwarded-*` and `Via` in) and the request is sent
+//! with hyper-util's pooled client. Errors become 502/503/504 in one place
+//! ([`error`]). Because routing happens per request, the next request on an old
+//! keep-alive connection already follows a switch.
+//!
+//! # Changing where traffic goes
+//!
+//! The [`switchboard::Switchboard`] is the only writer of the snapshot. A switch or a
+//! rollback is a compare-and-swap on the snapshot's generation, persisted to the state
+//! file (temp, fsync, rename, fsync dir) and then applied as one pointer swap, with one
+//! audit line naming the caller's uid. Requests already running on the old colour keep
+//! their backend and finish there. The [`admin`] API (HTTP/1.1 + JSON on a Unix socket)
+//! and the [`ctl`] client drive it; [`server`] wires it all together with shutdown
+//! passed in as an argument, and [`config`] turns TOML into a validated
+//! [`config::Config`] or an error naming every bad key.
+
+pub mod admin;
+pub mod config;
+pub mod ctl;
+pub mod demo;
+pub mod drain;
+pub mod error;
+pub mod headers;
+pub mod listener;
+pub mod pool;
+pub mod proxy;
+pub mod server;
+pub mod snapshot;
+pub mod switchboard;

@@ -1,0 +1,179 @@
+//! Wiring: from a validated [`Config`] to bound listeners ([`Server::bind`]) and running
+//! tasks ([`Server::run`]). Shutdown is an argument, so `main` passes signals and tests
+//! pass a channel.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::admin::{self, Admin};
+use crate::config::Config;
+use crate::drain::Tracker;
+use crate::listener;
+use crate::pool::Pool;
+use crate::proxy::Proxy;
+use crate::snapshot::{Color, Snapshot};
+use crate::switchboard::{self, StateReport, Switchboard};
+
+/// A proxy with its listeners bound, ready to [`run`](Server::run).
+pub struct Server {
+    proxy_listener: TcpListener,
+    admin_listener: UnixListener,
+    admin_path: PathBuf,
+    proxy: Arc<Proxy>,
+    admin: Arc<Admin>,
+    /// Connection settings for client connections (HTTP/1 + h2c).
+    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    /// How long in-flight requests get after shutdown starts.
+    grace: Duration,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Listen(io::Error),
+    #[error("{0}")]
+    Admin(io::Error),
+    #[error("backend address {address} is not usable: {source}")]
+    Backend {
+        address: String,
+        source: http::uri::InvalidUri,
+    },
+}
+
+// === impl Server ===
+
+impl Server {
+    /// Restores state, builds the snapshot and binds both listeners. Nothing is served
+    /// until [`run`](Server::run).
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let (state, report) = initial_state(&config);
+        let pool = |color: Color| {
+            Pool::build(&config.pools[color.index()], &[])
+                .map(Arc::new)
+                .map_err(|source| StartError::Backend {
+                    address: config.pools[color.index()].backends.join(", "),
+                    source,
+                })
+        };
+        let snapshot = Snapshot {
+            generation: state.generation,
+            live: state.live,
+            previous: state.previous,
+            pools: [pool(Color::Blue)?, pool(Color::Green)?],
+        };
+        let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let tracker = Arc::new(Tracker::default());
+        let proxy = Arc::new(Proxy::new(
+            Arc::clone(&snapshot),
+            Arc::clone(&tracker),
+            &config.upstream,
+        ));
+        let switchboard = Arc::new(Switchboard::new(
+            snapshot,
+            config.state_file.clone(),
+            report,
+        ));
+        let admin = Arc::new(Admin {
+            switchboard,
+            tracker,
+        });
+
+        let proxy_listener = listener::bind(config.listen.address)
+            .await
+            .map_err(StartError::Listen)?;
+        let admin_listener = admin::bind(&config.admin.socket, config.admin.mode)
+            .await
+            .map_err(StartError::Admin)?;
+        Ok(Server {
+            proxy_listener,
+            admin_listener,
+            admin_path: config.admin.socket.clone(),
+            proxy,
+            admin,
+            builder: Arc::new(listener::connection_builder(&config.listen)),
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// The bound proxy address (useful when the config said port 0).
+    pub fn proxy_addr(&self) -> io::Result<SocketAddr> {
+        self.proxy_listener.local_addr()
+    }
+
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin_path
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, gives in-flight requests
+    /// up to the grace period, and removes the admin socket.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = tokio::spawn(admin::serve(self.admin_listener, self.admin, async {
+            let _ = admin_stopped.await;
+        }));
+        let addr = self.proxy_listener.local_addr().ok();
+        tracing::info!(proxy = ?addr, admin = %self.admin_path.display(), "cutover is serving");
+
+        let connections =
+            listener::serve(self.proxy_listener, self.proxy, self.builder, shutdown).await;
+        tracing::info!(
+            open_connections = connections.count(),
+            grace = ?self.grace,
+            "shutting down: no new connections; waiting for in-flight requests"
+        );
+        if tokio::time::timeout(self.grace, connections.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "grace period over; closing the remaining connections");
+        }
+        let _ = stop_admin.send(());
+        if let Ok(admin_connections) = admin_task.await {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), admin_connections.shutdown()).await;
+        }
+        if let Err(e) = std::fs::remove_file(&self.admin_path) {
+            tracing::debug!(error = %e, "could not remove the admin socket");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// The routing state to start from: the state file when it is present and valid,
+/// otherwise `routing.live` at generation 1.
+fn initial_state(config: &Config) -> (switchboard::PersistedState, StateReport) {
+    let fresh = switchboard::PersistedState {
+        live: config.initial_live,
+        previous: None,
+        generation: 1,
+    };
+    let mut report = StateReport {
+        path: config.state_file.clone(),
+        restored: false,
+        error: None,
+    };
+    let Some(path) = &config.state_file else {
+        return (fresh, report);
+    };
+    match switchboard::load_state(path) {
+        Ok(Some(state)) => {
+            tracing::info!(path = %path.display(), live = %state.live, generation = state.generation, "routing state restored");
+            report.restored = true;
+            (state, report)
+        }
+        Ok(None) => (fresh, report),
+        Err(message) => {
+            tracing::error!(path = %path.display(), "{message}");
+            report.error = Some(message);
+            (fresh, report)
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The routing state: one immutable [`Snapshot`] behind one `ArcSwap`. A cutover or a
+//! rollback builds a new snapshot and swaps the pointer; a request loads it once and
+//! routes by what it loaded, so it never sees half of a change.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pool::Pool;
+
+/// One of the two environments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+/// The immutable routing state; replaced whole, never mutated.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Bumped by every change; admin callers compare-and-swap on it.
+    pub generation: u64,
+    /// The colour that gets all traffic.
+    pub live: Color,
+    /// The colour that was live before the last change; what `rollback` returns to.
+    pub previous: Option<Color>,
+    /// The pools, indexed by [`Color::index`]. Shared (`Arc`) across snapshots so a swap
+    /// keeps each backend's health and in-flight counts.
+    pub pools: [Arc<Pool>; 2],
+}
+
+// === impl Color ===
+
+impl Color {
+    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
+
+    pub const fn index(self) -> usize {
+        match self {
+            Color::Blue => 0,
+            Color::Green => 1,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+
+    pub const fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+}
+
+impl fmt::Display for Color {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text was neither `blue` nor `green`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown colour {0:?}; use \"blue\" or \"green\"")]
+pub struct UnknownColor(pub String);
+
+impl FromStr for Color {
+    type Err = UnknownColor;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "blue" => Ok(Color::Blue),
+            "green" => Ok(Color::Green),
+            other => Err(UnknownColor(other.to_owned())),
+        }
+    }
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// The colour this request goes to. Today: the live colour. The signature takes the
+    /// request so per-request rules (force header, sticky canary bucket) slot in here.
+    #[inline]
+    pub fn route<B>(&self, _req: &http::Request<B>) -> Color {
+        self.live
+    }
+
+    #[inline]
+    pub fn pool(&self, color: Color) -> &Pool {
+        &self.pools[color.index()]
+    }
+
+    /// The snapshot after making `to` live: same pools, next generation.
+    pub fn switched(&self, to: Color) -> Snapshot {
+        Snapshot {
+            generation: self.generation + 1,
+            live: to,
+            previous: Some(self.live),
+            pools: self.pools.clone(),
+        }
+    }
+}

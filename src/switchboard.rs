@@ -1,0 +1,218 @@
+//! The only writer of the routing snapshot. Every change (switch, rollback) is:
+//! compare the generation → build the next snapshot → persist it (temp file, fsync,
+//! rename, fsync the directory) → swap the pointer → write one audit line. Writers are
+//! serialised by one async mutex, so two racing deploy scripts cannot both win, and a
+//! change that cannot be persisted is not applied.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::error::SwitchError;
+use crate::snapshot::{Color, Snapshot};
+
+/// The part of the routing state that survives a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedState {
+    pub live: Color,
+    pub previous: Option<Color>,
+    pub generation: u64,
+}
+
+/// What happened to the state file at start-up; shown on `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateReport {
+    /// The state file path, if one is configured.
+    pub path: Option<PathBuf>,
+    /// True when the live colour came from the file rather than `routing.live`.
+    pub restored: bool,
+    /// Why an existing file was ignored (unreadable or corrupt).
+    pub error: Option<String>,
+}
+
+/// Who asked for a change, for the audit line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller {
+    /// Unix uid of the admin socket peer (SO_PEERCRED), when known.
+    pub uid: Option<u32>,
+}
+
+/// The outcome of an accepted change.
+#[derive(Debug, Clone, Copy)]
+pub struct Change {
+    pub from: Color,
+    pub to: Color,
+    pub generation: u64,
+    /// False when the target was already live: nothing was swapped or persisted.
+    pub changed: bool,
+}
+
+pub struct Switchboard {
+    /// The one routing pointer the proxy reads per request.
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Where each change is persisted before it is applied; `None` = in memory only.
+    state_file: Option<PathBuf>,
+    /// Serialises writers: compare, persist and swap happen as one step.
+    write: Mutex<()>,
+    report: StateReport,
+}
+
+// === impl Switchboard ===
+
+impl Switchboard {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        state_file: Option<PathBuf>,
+        report: StateReport,
+    ) -> Self {
+        Switchboard {
+            snapshot,
+            state_file,
+            write: Mutex::new(()),
+            report,
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn report(&self) -> &StateReport {
+        &self.report
+    }
+
+    /// Makes `to` live, if `expect_generation` (when given) is still current.
+    pub async fn switch(
+        &self,
+        to: Color,
+        expect_generation: Option<u64>,
+        caller: Caller,
+    ) -> Result<Change, SwitchError> {
+        self.change("switch", expect_generation, caller, |_| Ok(to))
+            .await
+    }
+
+    /// Makes the previously live colour live again. No gate or wait stands in its way.
+    pub async fn rollback(
+        &self,
+        expect_generation: Option<u64>,
+        caller: Caller,
+    ) -> Result<Change, SwitchError> {
+        self.change("rollback", expect_generation, caller, |cur| {
+            cur.previous.ok_or(SwitchError::NoPrevious)
+        })
+        .await
+    }
+
+    async fn change(
+        &self,
+        action: &'static str,
+        expect_generation: Option<u64>,
+        caller: Caller,
+        target: impl FnOnce(&Snapshot) -> Result<Color, SwitchError>,
+    ) -> Result<Change, SwitchError> {
+        let _writer = self.write.lock().await;
+        let current = self.snapshot.load_full();
+        if let Some(expected) = expect_generation
+            && expected != current.generation
+        {
+            return Err(SwitchError::StaleGeneration {
+                expected,
+                actual: current.generation,
+            });
+        }
+        let to = target(&current)?;
+        if to == current.live {
+            return Ok(Change {
+                from: current.live,
+                to,
+                generation: current.generation,
+                changed: false,
+            });
+        }
+        let next = current.switched(to);
+        if let Some(path) = &self.state_file {
+            let state = PersistedState {
+                live: next.live,
+                previous: next.previous,
+                generation: next.generation,
+            };
+            persist(path.clone(), state)
+                .await
+                .map_err(|source| SwitchError::Persist {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+        }
+        let generation = next.generation;
+        self.snapshot.store(Arc::new(next));
+        tracing::info!(
+            target: "cutover::audit",
+            action,
+            uid = caller.uid,
+            from = %current.live,
+            to = %to,
+            old_generation = current.generation,
+            generation,
+            forced = false,
+            "routing changed"
+        );
+        Ok(Change {
+            from: current.live,
+            to,
+            generation,
+            changed: true,
+        })
+    }
+}
+
+// === state file ===
+
+/// Reads the state file. `Ok(None)` when there is none; `Err` with a reason when it
+/// exists but cannot be used (the caller reports it and starts from the config).
+pub fn load_state(path: &Path) -> Result<Option<PersistedState>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read state file {}: {e}", path.display())),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        format!(
+            "state file {} is corrupt ({e}); ignored, starting from routing.live; \
+             the next switch rewrites it",
+            path.display()
+        )
+    })
+}
+
+/// Writes the state durably: temp file in the same directory, fsync, rename over the
+/// old file, fsync the directory so the rename itself survives a power cut.
+async fn persist(path: PathBuf, state: PersistedState) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || write_durably(&path, &state))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+fn write_durably(path: &Path, state: &PersistedState) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut body = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    body.push(b'\n');
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
