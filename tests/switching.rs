@@ -1,0 +1,185 @@
+//! Switching and rolling back: per-request routing, no lost requests, CAS on generation.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use support::{Conn, Proxy, backend, get};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_switch_the_next_request_on_the_same_connection_is_answered_by_green() {
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let mut conn = Conn::open(proxy.addr).await;
+    assert_eq!(conn.get("/").await.text(), "blue");
+    assert_eq!(conn.get("/").await.text(), "blue");
+
+    let status = proxy.switch("green").await;
+    assert_eq!(status["live"], "green");
+
+    // Same keep-alive connection, next request: green.
+    assert_eq!(conn.get("/").await.text(), "green");
+}
+
+/// The colour and sequence number of the last switch, packed: `seq << 1 | is_green`.
+fn pack(seq: u64, green: bool) -> u64 {
+    (seq << 1) | u64::from(green)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_under_load_loses_no_request() {
+    const CLIENTS: usize = 16;
+    const SWITCHES: u64 = 50;
+    let proxy = Arc::new(Proxy::start(&[backend("blue").await], &[backend("green").await], "").await);
+
+    // `started` is written before a switch is sent, `acked` after its 200 arrives.
+    // A request sent when `acked` says X and answered before any later switch started
+    // must be answered by X.
+    let started = Arc::new(AtomicU64::new(pack(0, false)));
+    let acked = Arc::new(AtomicU64::new(pack(0, false)));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checked = Arc::new(AtomicUsize::new(0));
+
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (addr, started, acked, done, checked) =
+            (proxy.addr, started.clone(), acked.clone(), done.clone(), checked.clone());
+        clients.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await;
+            let mut sent = 0usize;
+            while !done.load(Ordering::SeqCst) {
+                let before = acked.load(Ordering::SeqCst);
+                let answer = conn
+                    .send(support::request(Method::GET, "/", ""))
+                    .await
+                    .unwrap_or_else(|e| panic!("request {sent} on a keep-alive connection failed: {e}"));
+                let after = started.load(Ordering::SeqCst);
+                assert_eq!(answer.status, StatusCode::OK, "request {sent}: {}", answer.text());
+                if before == after {
+                    let expected = if before & 1 == 1 { "green" } else { "blue" };
+                    assert_eq!(answer.text(), expected, "request sent after switch #{} was acknowledged", before >> 1);
+                    checked.fetch_add(1, Ordering::Relaxed);
+                }
+                sent += 1;
+            }
+            sent
+        }));
+    }
+
+    let switch_every = Duration::from_millis(100);
+    for seq in 1..=SWITCHES {
+        tokio::time::sleep(switch_every).await;
+        let to_green = seq % 2 == 1;
+        started.store(pack(seq, to_green), Ordering::SeqCst);
+        proxy.switch(if to_green { "green" } else { "blue" }).await;
+        acked.store(pack(seq, to_green), Ordering::SeqCst);
+    }
+    tokio::time::sleep(switch_every).await;
+    done.store(true, Ordering::SeqCst);
+
+    let mut total = 0;
+    for c in clients {
+        total += c.await.expect("client task");
+    }
+    let checked = checked.load(Ordering::Relaxed);
+    eprintln!("{total} requests over {CLIENTS} connections, {checked} checked against the acknowledged colour");
+    assert!(total >= CLIENTS * 10, "too little traffic to mean anything: {total}");
+    assert!(checked * 2 >= total, "most requests should fall between switches: {checked}/{total}");
+    assert_eq!(proxy.status().await["generation"], 1 + SWITCHES);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_in_flight_on_blue_when_the_switch_happens_completes_from_blue() {
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let addr = proxy.addr;
+    let slow = tokio::spawn(async move { get(addr, "/slow?ms=2000").await });
+
+    // Wait until the slow request is counted in flight on blue, then switch.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.status().await["pools"]["blue"]["in_flight"] != 1 {
+        assert!(Instant::now() < deadline, "slow request never showed up in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.switch("green").await;
+    let status = proxy.status().await;
+    assert_eq!(status["pools"]["blue"]["role"], "draining");
+    assert_eq!(get(addr, "/").await.text(), "green");
+
+    let answer = slow.await.expect("slow task");
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "blue");
+    let status = proxy.status().await;
+    assert_eq!(status["pools"]["blue"]["in_flight"], 0);
+    assert_eq!(status["pools"]["blue"]["role"], "idle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restores_the_previous_colour() {
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let (status, body) = proxy.admin(Method::POST, "/rollback", "").await;
+    assert_eq!(status, StatusCode::CONFLICT, "nothing to roll back to yet: {body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("nothing to roll back"));
+
+    proxy.switch("green").await;
+    assert_eq!(get(proxy.addr, "/").await.text(), "green");
+    let (status, body) = proxy.admin(Method::POST, "/rollback", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["live"], "blue");
+    assert_eq!(body["previous"], "green");
+    assert_eq!(body["generation"], 3);
+    assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_with_a_stale_expect_generation_gets_409_and_changes_nothing() {
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let generation = proxy.status().await["generation"].as_u64().expect("generation");
+
+    // A second deploy script wins the race...
+    let (status, _) = proxy
+        .admin(Method::POST, "/switch", &format!("{{\"to\":\"green\",\"expect_generation\":{generation}}}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // ...so the first one's compare-and-swap fails.
+    let (status, body) = proxy
+        .admin(Method::POST, "/switch", &format!("{{\"to\":\"blue\",\"expect_generation\":{generation}}}"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body["error"].as_str().unwrap_or("").contains("generation"), "{body}");
+
+    let after = proxy.status().await;
+    assert_eq!(after["live"], "green");
+    assert_eq!(after["generation"], generation + 1);
+    assert_eq!(get(proxy.addr, "/").await.text(), "green");
+
+    // Switching to the colour that is already live is a no-op, not a new generation.
+    let (status, body) = proxy.admin(Method::POST, "/switch", "{\"to\":\"green\"}").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["changed"], false);
+    assert_eq!(body["generation"], generation + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_connections() {
+    let mut proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let addr = proxy.addr;
+    let slow = tokio::spawn(async move { get(addr, "/slow?ms=1000").await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.status().await["pools"]["blue"]["in_flight"] != 1 {
+        assert!(Instant::now() < deadline, "slow request never showed up in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let server = proxy.begin_stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a new connection was accepted during shutdown"
+    );
+    let answer = slow.await.expect("slow task");
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "blue");
+    server.await.expect("server stopped cleanly");
+    assert!(!proxy.socket.exists(), "admin socket removed on shutdown");
+}
