@@ -28,7 +28,10 @@ async fn a_get_and_a_post_reach_the_live_blue_backend_byte_exact() {
     let answer = Conn::open(proxy.addr).await.send(req).await.expect("POST");
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.headers["x-backend"], "blue");
-    assert!(answer.body == payload, "echoed body differs from what was sent");
+    assert!(
+        answer.body == payload,
+        "echoed body differs from what was sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,14 +40,21 @@ async fn an_h2c_client_gets_the_same_answers_as_an_http1_client() {
     let green = backend("green").await;
     let proxy = Proxy::start(&[blue], &[green], "").await;
 
-    let stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+    let stream = tokio::net::TcpStream::connect(proxy.addr)
         .await
-        .expect("h2c prior-knowledge handshake");
+        .expect("connect");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c prior-knowledge handshake");
     tokio::spawn(conn);
 
     for (path, body) in [("/", ""), ("/echo", "hello over h2")] {
-        let method = if body.is_empty() { Method::GET } else { Method::POST };
+        let method = if body.is_empty() {
+            Method::GET
+        } else {
+            Method::POST
+        };
         let req = Request::builder()
             .method(method.clone())
             .uri(format!("http://app.example{path}"))
@@ -53,18 +63,30 @@ async fn an_h2c_client_gets_the_same_answers_as_an_http1_client() {
         let resp = h2.send_request(req).await.expect("h2 response");
         assert_eq!(resp.version(), http::Version::HTTP_2);
         let status = resp.status();
-        let h2_body = resp.into_body().collect().await.expect("h2 body").to_bytes();
+        let h2_body = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("h2 body")
+            .to_bytes();
 
-        let h1 = Conn::open(proxy.addr).await.send(request(method, path, body)).await.expect("h1");
+        let h1 = Conn::open(proxy.addr)
+            .await
+            .send(request(method, path, body))
+            .await
+            .expect("h1");
         assert_eq!(status, h1.status);
         assert_eq!(h2_body, h1.body, "h2 and h1 bodies differ for {path}");
     }
 
     // The backend saw the client's host, carried from :authority into Host.
-    let req = Request::get("http://app.example/headers").body(Full::new(Bytes::new())).expect("req");
+    let req = Request::get("http://app.example/headers")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
     let resp = h2.send_request(req).await.expect("h2 response");
     let seen: serde_json::Value =
-        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes()).expect("json");
+        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
+            .expect("json");
     assert_eq!(seen["host"], "app.example");
     assert_eq!(seen["x-forwarded-host"], "app.example");
 }
@@ -88,22 +110,51 @@ async fn hop_by_hop_headers_never_reach_the_backend_or_the_client() {
         .expect("request");
     let answer = conn.send(req).await.expect("GET /headers");
     let seen: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
-    for hop in ["x-client-secret", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"] {
+    for hop in [
+        "x-client-secret",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
         assert!(seen.get(hop).is_none(), "{hop} reached the backend: {seen}");
     }
     // The backend may see a Connection header of the proxy's own, never the client's.
-    let connection = seen.get("connection").and_then(|v| v.as_str()).unwrap_or("");
-    assert!(!connection.contains("x-client-secret"), "client's Connection reached the backend");
+    let connection = seen
+        .get("connection")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    assert!(
+        !connection.contains("x-client-secret"),
+        "client's Connection reached the backend"
+    );
     assert_eq!(seen["x-end-to-end"], "kept");
     assert_eq!(seen["via"], "1.1 cutover");
 
     let answer = conn.get("/hop").await;
     assert_eq!(answer.status, StatusCode::OK);
-    for hop in ["x-backend-secret", "keep-alive", "proxy-connection", "upgrade"] {
-        assert!(answer.headers.get(hop).is_none(), "{hop} reached the client: {:?}", answer.headers);
+    for hop in [
+        "x-backend-secret",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(
+            answer.headers.get(hop).is_none(),
+            "{hop} reached the client: {:?}",
+            answer.headers
+        );
     }
-    let connection = answer.headers.get("connection").map(|v| v.to_str().unwrap_or("")).unwrap_or("");
-    assert!(!connection.contains("x-backend-secret"), "backend's Connection reached the client");
+    let connection = answer
+        .headers
+        .get("connection")
+        .map(|v| v.to_str().unwrap_or(""))
+        .unwrap_or("");
+    assert!(
+        !connection.contains("x-backend-secret"),
+        "backend's Connection reached the client"
+    );
     assert_eq!(answer.headers["x-end-to-end"], "kept");
     // The connection is still usable afterwards.
     assert_eq!(conn.get("/").await.text(), "blue");
@@ -119,13 +170,18 @@ async fn x_forwarded_for_ends_with_the_real_peer() {
         .header("x-forwarded-for", "203.0.113.9")
         .body(Full::new(Bytes::new()))
         .expect("request");
-    let seen: serde_json::Value = serde_json::from_slice(&conn.send(req).await.expect("GET").body).expect("json");
+    let seen: serde_json::Value =
+        serde_json::from_slice(&conn.send(req).await.expect("GET").body).expect("json");
     assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-forwarded-host"], "shop.example:8443");
-    assert_eq!(seen["host"], "shop.example:8443", "the client's Host is passed through");
+    assert_eq!(
+        seen["host"], "shop.example:8443",
+        "the client's Host is passed through"
+    );
 
-    let seen: serde_json::Value = serde_json::from_slice(&conn.get("/headers").await.body).expect("json");
+    let seen: serde_json::Value =
+        serde_json::from_slice(&conn.get("/headers").await.body).expect("json");
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
 }
 
@@ -152,7 +208,10 @@ async fn a_backend_that_hangs_gives_504_after_the_response_timeout() {
     let started = std::time::Instant::now();
     let answer = get(proxy.addr, "/hang").await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(started.elapsed() >= std::time::Duration::from_millis(300), "answered before the timeout");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(300),
+        "answered before the timeout"
+    );
     // A healthy request right after is unaffected.
     assert_eq!(get(proxy.addr, "/").await.text(), "blue");
 }

@@ -32,7 +32,8 @@ fn pack(seq: u64, green: bool) -> u64 {
 async fn switch_under_load_loses_no_request() {
     const CLIENTS: usize = 16;
     const SWITCHES: u64 = 50;
-    let proxy = Arc::new(Proxy::start(&[backend("blue").await], &[backend("green").await], "").await);
+    let proxy =
+        Arc::new(Proxy::start(&[backend("blue").await], &[backend("green").await], "").await);
 
     // `started` is written before a switch is sent, `acked` after its 200 arrives.
     // A request sent when `acked` says X and answered before any later switch started
@@ -44,8 +45,13 @@ async fn switch_under_load_loses_no_request() {
 
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        let (addr, started, acked, done, checked) =
-            (proxy.addr, started.clone(), acked.clone(), done.clone(), checked.clone());
+        let (addr, started, acked, done, checked) = (
+            proxy.addr,
+            started.clone(),
+            acked.clone(),
+            done.clone(),
+            checked.clone(),
+        );
         clients.push(tokio::spawn(async move {
             let mut conn = Conn::open(addr).await;
             let mut sent = 0usize;
@@ -54,12 +60,24 @@ async fn switch_under_load_loses_no_request() {
                 let answer = conn
                     .send(support::request(Method::GET, "/", ""))
                     .await
-                    .unwrap_or_else(|e| panic!("request {sent} on a keep-alive connection failed: {e}"));
+                    .unwrap_or_else(|e| {
+                        panic!("request {sent} on a keep-alive connection failed: {e}")
+                    });
                 let after = started.load(Ordering::SeqCst);
-                assert_eq!(answer.status, StatusCode::OK, "request {sent}: {}", answer.text());
+                assert_eq!(
+                    answer.status,
+                    StatusCode::OK,
+                    "request {sent}: {}",
+                    answer.text()
+                );
                 if before == after {
                     let expected = if before & 1 == 1 { "green" } else { "blue" };
-                    assert_eq!(answer.text(), expected, "request sent after switch #{} was acknowledged", before >> 1);
+                    assert_eq!(
+                        answer.text(),
+                        expected,
+                        "request sent after switch #{} was acknowledged",
+                        before >> 1
+                    );
                     checked.fetch_add(1, Ordering::Relaxed);
                 }
                 sent += 1;
@@ -84,9 +102,17 @@ async fn switch_under_load_loses_no_request() {
         total += c.await.expect("client task");
     }
     let checked = checked.load(Ordering::Relaxed);
-    eprintln!("{total} requests over {CLIENTS} connections, {checked} checked against the acknowledged colour");
-    assert!(total >= CLIENTS * 10, "too little traffic to mean anything: {total}");
-    assert!(checked * 2 >= total, "most requests should fall between switches: {checked}/{total}");
+    eprintln!(
+        "{total} requests over {CLIENTS} connections, {checked} checked against the acknowledged colour"
+    );
+    assert!(
+        total >= CLIENTS * 10,
+        "too little traffic to mean anything: {total}"
+    );
+    assert!(
+        checked * 2 >= total,
+        "most requests should fall between switches: {checked}/{total}"
+    );
     assert_eq!(proxy.status().await["generation"], 1 + SWITCHES);
 }
 
@@ -99,7 +125,10 @@ async fn a_slow_request_in_flight_on_blue_when_the_switch_happens_completes_from
     // Wait until the slow request is counted in flight on blue, then switch.
     let deadline = Instant::now() + Duration::from_secs(5);
     while proxy.status().await["pools"]["blue"]["in_flight"] != 1 {
-        assert!(Instant::now() < deadline, "slow request never showed up in flight");
+        assert!(
+            Instant::now() < deadline,
+            "slow request never showed up in flight"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     proxy.switch("green").await;
@@ -119,8 +148,17 @@ async fn a_slow_request_in_flight_on_blue_when_the_switch_happens_completes_from
 async fn rollback_restores_the_previous_colour() {
     let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
     let (status, body) = proxy.admin(Method::POST, "/rollback", "").await;
-    assert_eq!(status, StatusCode::CONFLICT, "nothing to roll back to yet: {body}");
-    assert!(body["error"].as_str().unwrap_or("").contains("nothing to roll back"));
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "nothing to roll back to yet: {body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nothing to roll back")
+    );
 
     proxy.switch("green").await;
     assert_eq!(get(proxy.addr, "/").await.text(), "green");
@@ -135,19 +173,32 @@ async fn rollback_restores_the_previous_colour() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_with_a_stale_expect_generation_gets_409_and_changes_nothing() {
     let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
-    let generation = proxy.status().await["generation"].as_u64().expect("generation");
+    let generation = proxy.status().await["generation"]
+        .as_u64()
+        .expect("generation");
 
     // A second deploy script wins the race...
     let (status, _) = proxy
-        .admin(Method::POST, "/switch", &format!("{{\"to\":\"green\",\"expect_generation\":{generation}}}"))
+        .admin(
+            Method::POST,
+            "/switch",
+            &format!("{{\"to\":\"green\",\"expect_generation\":{generation}}}"),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     // ...so the first one's compare-and-swap fails.
     let (status, body) = proxy
-        .admin(Method::POST, "/switch", &format!("{{\"to\":\"blue\",\"expect_generation\":{generation}}}"))
+        .admin(
+            Method::POST,
+            "/switch",
+            &format!("{{\"to\":\"blue\",\"expect_generation\":{generation}}}"),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert!(body["error"].as_str().unwrap_or("").contains("generation"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("generation"),
+        "{body}"
+    );
 
     let after = proxy.status().await;
     assert_eq!(after["live"], "green");
@@ -155,7 +206,9 @@ async fn a_switch_with_a_stale_expect_generation_gets_409_and_changes_nothing() 
     assert_eq!(get(proxy.addr, "/").await.text(), "green");
 
     // Switching to the colour that is already live is a no-op, not a new generation.
-    let (status, body) = proxy.admin(Method::POST, "/switch", "{\"to\":\"green\"}").await;
+    let (status, body) = proxy
+        .admin(Method::POST, "/switch", "{\"to\":\"green\"}")
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["changed"], false);
     assert_eq!(body["generation"], generation + 1);
@@ -168,7 +221,10 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_connections() {
     let slow = tokio::spawn(async move { get(addr, "/slow?ms=1000").await });
     let deadline = Instant::now() + Duration::from_secs(5);
     while proxy.status().await["pools"]["blue"]["in_flight"] != 1 {
-        assert!(Instant::now() < deadline, "slow request never showed up in flight");
+        assert!(
+            Instant::now() < deadline,
+            "slow request never showed up in flight"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let server = proxy.begin_stop();

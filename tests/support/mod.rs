@@ -35,12 +35,17 @@ use cutover::server::Server;
 ///
 /// Every answer carries `x-backend: NAME`.
 pub async fn backend(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
     let addr = listener.local_addr().expect("backend addr");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let service = service_fn(move |req| async move { Ok::<_, Infallible>(answer(name, req).await) });
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service =
+                service_fn(move |req| async move { Ok::<_, Infallible>(answer(name, req).await) });
             tokio::spawn(async move {
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -63,7 +68,10 @@ async fn answer(name: &'static str, req: Request<Incoming>) -> Response<TestBody
     let query_num = |key: &str| -> u64 {
         req.uri()
             .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')))
+            .and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            })
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
@@ -110,12 +118,17 @@ async fn answer(name: &'static str, req: Request<Incoming>) -> Response<TestBody
         }
         _ => text(name.to_owned()),
     };
-    resp.headers_mut().insert("x-backend", name.parse().expect("hv"));
+    resp.headers_mut()
+        .insert("x-backend", name.parse().expect("hv"));
     resp
 }
 
 fn text(s: String) -> Response<TestBody> {
-    Response::new(Full::new(Bytes::from(s)).map_err(|e: Infallible| match e {}).boxed())
+    Response::new(
+        Full::new(Bytes::from(s))
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    )
 }
 
 /// A body of `remaining` bytes made of one shared chunk: no allocation per frame.
@@ -127,7 +140,10 @@ struct Repeat {
 impl Body for Repeat {
     type Data = Bytes;
     type Error = hyper::Error;
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
@@ -150,7 +166,13 @@ pub struct Proxy {
 
 /// The config text for a proxy on 127.0.0.1:0 with these pools; `extra` is appended.
 pub fn config_text(dir: &Path, blue: &[SocketAddr], green: &[SocketAddr], extra: &str) -> String {
-    let list = |addrs: &[SocketAddr]| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    let list = |addrs: &[SocketAddr]| {
+        addrs
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     format!(
         "[listen]\naddress = \"127.0.0.1:0\"\n\n[admin]\nsocket = \"{}\"\n\n\
          [pools.blue]\nbackends = [{}]\n\n[pools.green]\nbackends = [{}]\n\n\
@@ -169,7 +191,12 @@ impl Proxy {
 
     /// Starts a proxy whose files (socket, and a state file if `extra` names one) live
     /// in `dir`.
-    pub async fn start_in(dir: tempfile::TempDir, blue: &[SocketAddr], green: &[SocketAddr], extra: &str) -> Proxy {
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        blue: &[SocketAddr],
+        green: &[SocketAddr],
+        extra: &str,
+    ) -> Proxy {
         let text = config_text(dir.path(), blue, green, extra);
         let config = Config::parse(&text, Path::new("test.toml")).expect("test config is valid");
         let server = Server::bind(config).await.expect("proxy binds");
@@ -186,6 +213,11 @@ impl Proxy {
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// Hands over the temporary directory (for a restart on the same files).
+    pub fn take_dir(&mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 
     /// Starts graceful shutdown and waits until the server has stopped.
@@ -206,7 +238,12 @@ impl Proxy {
         self.task.take().expect("server running")
     }
 
-    pub async fn admin(&self, method: Method, path: &str, body: &str) -> (StatusCode, serde_json::Value) {
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
         admin(&self.socket, method, path, body).await
     }
 
@@ -235,8 +272,15 @@ impl Drop for Proxy {
 
 /// One admin request over the Unix socket; the status and the parsed JSON body
 /// (panics when the body is not JSON: every admin answer must be).
-pub async fn admin(socket: &Path, method: Method, path: &str, body: &str) -> (StatusCode, serde_json::Value) {
-    let stream = UnixStream::connect(socket).await.expect("connect admin socket");
+pub async fn admin(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let stream = UnixStream::connect(socket)
+        .await
+        .expect("connect admin socket");
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("admin handshake");
@@ -249,9 +293,18 @@ pub async fn admin(socket: &Path, method: Method, path: &str, body: &str) -> (St
         .expect("request");
     let resp = tx.send_request(req).await.expect("admin answer");
     let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("admin body").to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("admin body is not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("admin body")
+        .to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "admin body is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
     (status, value)
 }
 
@@ -299,7 +352,9 @@ impl Conn {
     }
 
     pub async fn get(&mut self, path: &str) -> Answer {
-        self.send(request(Method::GET, path, "")).await.expect("GET through the proxy")
+        self.send(request(Method::GET, path, ""))
+            .await
+            .expect("GET through the proxy")
     }
 }
 

@@ -1,0 +1,186 @@
+//! The `cutover` binary: `check`, `run` with a bad config, and `ctl` against a live proxy.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::{Proxy, backend};
+
+fn cutover(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .env("CUTOVER_LOG", "error")
+        .output()
+        .expect("run the cutover binary")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const GOOD: &str = r#"
+[listen]
+address = "127.0.0.1:0"
+[admin]
+socket = "SOCKET"
+[pools.blue]
+backends = ["127.0.0.1:9001"]
+[pools.green]
+backends = ["127.0.0.1:9002"]
+[routing]
+live = "blue"
+"#;
+
+fn write_config(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    let text = text.replace("SOCKET", &dir.join("admin.sock").display().to_string());
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+#[test]
+fn check_accepts_the_shipped_example_and_a_minimal_config() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cutover.toml");
+    let out = cutover(&["check", "--config", example]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "good.toml", GOOD);
+    let out = cutover(&["check", "--config", &path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn check_on_each_kind_of_bad_config_exits_non_zero_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "unknown colour",
+            GOOD.replace("live = \"blue\"", "live = \"purple\""),
+            "routing.live",
+        ),
+        (
+            "unknown pool",
+            GOOD.replace("[pools.green]", "[pools.teal]"),
+            "pools.teal",
+        ),
+        (
+            "unparsable listen",
+            GOOD.replace("127.0.0.1:0", "localhost:http"),
+            "listen.address",
+        ),
+        (
+            "unparsable backend",
+            GOOD.replace("\"127.0.0.1:9002\"", "\"10.0.0.1:99999\""),
+            "pools.green.backends[0]",
+        ),
+        (
+            "empty pool",
+            GOOD.replace("[\"127.0.0.1:9002\"]", "[]"),
+            "pools.green.backends",
+        ),
+        (
+            "duplicate backend",
+            GOOD.replace("\"127.0.0.1:9002\"", "\"127.0.0.1:9001\""),
+            "pools.green.backends[0]",
+        ),
+        (
+            "bad duration",
+            format!("{GOOD}\n[upstream]\nresponse_timeout = \"30 parsecs\"\n"),
+            "upstream.response_timeout",
+        ),
+        (
+            "unknown key",
+            GOOD.replace("live = \"blue\"", "live = \"blue\"\nlvie = \"green\""),
+            "lvie",
+        ),
+        ("not TOML", "[listen\naddress = ".to_owned(), "TOML"),
+    ];
+    for (what, text, key) in cases {
+        let path = write_config(dir.path(), "bad.toml", &text);
+        let out = cutover(&["check", "--config", &path]);
+        assert!(!out.status.success(), "{what}: check accepted it");
+        let err = stderr(&out);
+        assert!(
+            err.contains(key),
+            "{what}: message does not name {key}: {err}"
+        );
+    }
+}
+
+#[test]
+fn run_with_a_bad_config_refuses_to_start_with_the_same_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        "bad.toml",
+        &GOOD.replace("[\"127.0.0.1:9002\"]", "[]"),
+    );
+    let check = cutover(&["check", "--config", &path]);
+    let run = cutover(&["run", "--config", &path]);
+    assert!(!run.status.success());
+    assert_eq!(stderr(&check), stderr(&run));
+    assert!(stderr(&run).contains("pools.green.backends"));
+    assert!(
+        !dir.path().join("admin.sock").exists(),
+        "nothing was started"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_switches_shows_a_table_and_exits_non_zero_with_the_servers_message_when_refused() {
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let sock = proxy.socket.display().to_string();
+    let ctl = move |args: &[&str]| {
+        let mut all = vec!["ctl", "--socket", sock.as_str()];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.into_iter().map(str::to_owned).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                cutover(&all.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .await
+            .expect("ctl")
+        }
+    };
+
+    let out = ctl(&["status"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table.contains("live: blue") && table.contains("generation: 1"),
+        "{table}"
+    );
+    assert!(
+        table.lines().all(|l| l.chars().count() <= 80),
+        "wider than 80 columns:\n{table}"
+    );
+
+    let out = ctl(&["switch", "green"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("blue → green"));
+    assert_eq!(proxy.status().await["live"], "green");
+
+    let out = ctl(&["switch", "blue", "--expect-generation", "1"]).await;
+    assert!(!out.status.success(), "a stale switch was accepted");
+    assert!(
+        stderr(&out).contains("409") && stderr(&out).contains("generation is 2"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(proxy.status().await["live"], "green");
+
+    let out = ctl(&["--json", "status"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    assert_eq!(json["live"], "green");
+
+    let out = cutover(&["ctl", "--socket", "/nonexistent/cutover.sock", "status"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot reach cutover"),
+        "{}",
+        stderr(&out)
+    );
+}
