@@ -26,6 +26,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
     pub shutdown_grace: Duration,
+    /// Worker threads of the async runtime; 1 runs everything on one thread.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +114,8 @@ struct RawConfig {
     upstream: RawUpstream,
     #[serde(default)]
     shutdown: RawShutdown,
+    #[serde(default)]
+    runtime: RawRuntime,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +157,12 @@ struct RawUpstream {
     response_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_idle_per_backend: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +224,7 @@ impl Config {
             initial_live: Color::Blue,
             upstream: UpstreamConfig::default(),
             shutdown_grace: DEFAULT_GRACE,
+            workers: default_workers(),
         }
     }
 }
@@ -309,6 +320,14 @@ fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         raw.shutdown.grace,
         DEFAULT_GRACE,
     );
+    let workers = raw.runtime.workers.unwrap_or_else(default_workers);
+    if !(1..=1024).contains(&workers) {
+        problem(
+            problems,
+            "runtime.workers",
+            format!("{workers} is out of range; use 1 to 1024 (default: one per core)"),
+        );
+    }
 
     Some(Config {
         listen: ListenConfig {
@@ -324,7 +343,13 @@ fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         initial_live: initial_live.ok()?,
         upstream,
         shutdown_grace,
+        workers,
     })
+}
+
+/// One worker per available core.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn pools(raw: BTreeMap<String, RawPool>, problems: &mut Vec<Problem>) -> Option<[PoolConfig; 2]> {

@@ -70,27 +70,22 @@ enum CtlCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match cli.command {
+        // The config is read before the runtime exists: it decides the runtime's shape.
+        Command::Run { config } => match config.as_deref().map(Config::load).transpose() {
+            Ok(config) => {
+                let workers = config.as_ref().map(|c| c.workers);
+                block_on(workers, run(config))
+            }
+            Err(e) => Err(e.into()),
+        },
+        Command::Check { config } => check(&config),
+        Command::Ctl {
+            socket,
+            json,
+            command,
+        } => block_on(Some(1), ctl_command(&socket, json, command)),
     };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Run { config } => run(config).await,
-            Command::Check { config } => check(&config),
-            Command::Ctl {
-                socket,
-                json,
-                command,
-            } => ctl_command(&socket, json, command).await,
-        }
-    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -98,6 +93,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `fut` on a runtime with `workers` threads (one per core when `None`); a single
+/// worker gets a current-thread runtime, which skips cross-thread scheduling entirely.
+fn block_on(
+    workers: Option<usize>,
+    fut: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(fut)
 }
 
 fn init_tracing() {
@@ -111,9 +128,10 @@ fn init_tracing() {
         .init();
 }
 
-async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = match &config_path {
-        Some(path) => Config::load(path)?,
+async fn run(config: Option<Config>) -> anyhow::Result<()> {
+    let demo = config.is_none();
+    let config = match config {
+        Some(config) => config,
         None => {
             let blue = cutover::demo::spawn_backend(Color::Blue).await?;
             let green = cutover::demo::spawn_backend(Color::Green).await?;
@@ -121,7 +139,7 @@ async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     let server = Server::bind(config).await?;
-    if config_path.is_none() {
+    if demo {
         let addr = server.proxy_addr()?;
         let sock = server.admin_socket().display().to_string();
         println!("cutover demo: blue is live at http://{addr}/");

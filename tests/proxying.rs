@@ -215,3 +215,27 @@ async fn a_backend_that_hangs_gives_504_after_the_response_timeout() {
     // A healthy request right after is unaffected.
     assert_eq!(get(proxy.addr, "/").await.text(), "blue");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_gets_400_and_the_proxy_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\nBad Header Line\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        raw.read_to_end(&mut reply),
+    )
+    .await
+    .expect("the proxy answers and closes")
+    .expect("read");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+    assert_eq!(proxy.status().await["pools"]["blue"]["in_flight"], 0);
+}

@@ -67,3 +67,38 @@ async fn a_truncated_state_file_is_reported_and_ignored() {
         serde_json::from_slice(&std::fs::read(&state).expect("state")).expect("valid JSON again");
     assert_eq!(on_disk["live"], "green");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_that_cannot_be_persisted_answers_500_and_changes_nothing() {
+    let (blue, green) = (backend("blue").await, backend("green").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The state "file" is a directory: reading it fails at start, renaming over it fails.
+    let state = dir.path().join("state.json");
+    std::fs::create_dir(&state).expect("mkdir");
+    let extra = format!("[state]\nfile = \"{}\"", state.display());
+
+    let proxy = Proxy::start_in(dir, &[blue], &[green], &extra).await;
+    let status = proxy.status().await;
+    assert!(
+        status["state"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot read")),
+        "{status}"
+    );
+
+    let (code, body) = proxy
+        .admin(Method::POST, "/switch", "{\"to\":\"green\"}")
+        .await;
+    assert_eq!(code, http::StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("routing is unchanged"),
+        "{body}"
+    );
+    let after = proxy.status().await;
+    assert_eq!(after["live"], "blue");
+    assert_eq!(after["generation"], status["generation"]);
+    assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+}

@@ -1,0 +1,96 @@
+//! Criterion benches for the per-request pieces of the data path: the route decision
+//! and backend pick on a loaded snapshot, the swap itself, and header rewriting.
+//! Run with `cargo bench --bench hot_path`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Request};
+
+use cutover::config::PoolConfig;
+use cutover::drain::Tracker;
+use cutover::headers;
+use cutover::pool::Pool;
+use cutover::snapshot::{Color, Snapshot};
+
+fn snapshot() -> Snapshot {
+    let pool = |base: u16| {
+        let backends = (0..4)
+            .map(|i| format!("10.0.0.{}:{}", i + 1, base))
+            .collect();
+        Arc::new(Pool::build(&PoolConfig { backends }, &[]).expect("valid"))
+    };
+    Snapshot {
+        generation: 1,
+        live: Color::Blue,
+        previous: None,
+        pools: [pool(8001), pool(8002)],
+    }
+}
+
+fn route_and_pick(c: &mut Criterion) {
+    let swap = ArcSwap::from_pointee(snapshot());
+    let tracker = Arc::new(Tracker::default());
+    let req = Request::get("/api/items?page=2").body(()).expect("request");
+    c.bench_function("route + pick + in-flight guard", |b| {
+        b.iter(|| {
+            let snap = swap.load();
+            let color = snap.route(black_box(&req));
+            let backend = snap.pool(color).pick().expect("healthy backend");
+            black_box(tracker.start(color, backend));
+        })
+    });
+}
+
+fn swap(c: &mut Criterion) {
+    let swap = ArcSwap::from_pointee(snapshot());
+    c.bench_function("switch: build next snapshot + store", |b| {
+        b.iter(|| {
+            let next = swap.load().switched(Color::Green);
+            swap.store(Arc::new(next));
+        })
+    });
+}
+
+fn header_rewrite(c: &mut Criterion) {
+    let mut typical = HeaderMap::new();
+    for (k, v) in [
+        ("host", "shop.example"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64)"),
+        ("accept", "text/html,application/xhtml+xml"),
+        ("accept-encoding", "gzip, br"),
+        ("cookie", "session=abc123; theme=dark"),
+    ] {
+        typical.insert(k, HeaderValue::from_static(v));
+    }
+    let mut hop = typical.clone();
+    hop.insert(
+        "connection",
+        HeaderValue::from_static("keep-alive, x-trace"),
+    );
+    hop.insert("x-trace", HeaderValue::from_static("1"));
+    hop.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+    let peer = "192.0.2.44".parse().expect("ip");
+    let host = Some(HeaderValue::from_static("shop.example"));
+
+    for (name, template) in [
+        ("headers: typical request", typical),
+        ("headers: hop-by-hop + XFF chain", hop),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || template.clone(),
+                |h| {
+                    headers::strip_hop_by_hop(h);
+                    headers::add_forwarded(h, peer, "http", host.clone());
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
+criterion_group!(benches, route_and_pick, swap, header_rewrite);
+criterion_main!(benches);
