@@ -27,6 +27,7 @@ pub fn connection_builder(config: &ListenConfig) -> auto::Builder<TokioExecutor>
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
+        .writev(false)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     builder

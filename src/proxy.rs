@@ -63,6 +63,7 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(upstream.idle_timeout)
             .pool_max_idle_per_host(upstream.max_idle_per_backend)
+            .http1_writev(false)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Side-by-side comparison of cutover with HAProxy and nginx (see compare.sh).
+
+Setup (2 cores): the upstream (nginx, one worker, `return 200 "ok"`) and the load
+generator share core 1; each proxy gets core 0 alone (HAProxy one thread, nginx one
+worker, cutover `runtime.workers = 1`), pinned with taskset. Direct runs put the load
+generator on core 0 instead. Every measurement alternates targets A B C D A B C D … so
+drift on a shared machine hits all of them alike; medians are reported, with ratios to
+HAProxy from this same run. Binds 127.0.0.1 only.
+"""
+import os, re, signal, socket, statistics, subprocess, sys, tempfile, time
+
+DURATION = int(os.environ.get("DURATION", "8"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+CONNS = 64
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUTOVER = os.path.join(ROOT, "target/release/cutover")
+LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
+PORTS = {"upstream": 18080, "haproxy": 18081, "nginx": 18082, "cutover": 18083}
+EXTRA = os.environ.get("CUTOVER_BENCH_EXTRA", "")  # extra TOML for cutover's config
+PROXY_CPU, LOAD_CPU = "0", ("1" if os.cpu_count() and os.cpu_count() > 1 else "0")
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def nginx_conf(work, name, body):
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    return write(os.path.join(d, "nginx.conf"), f"""
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  keepalive_requests 10000000;
+  {body}
+}}
+""")
+
+
+def start(cpu, args, **kw):
+    return subprocess.Popen(["taskset", "-c", cpu] + args, stdout=subprocess.DEVNULL,
+                            stderr=open(os.devnull, "w") if not kw.get("log") else kw["log"],
+                            start_new_session=True)
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def pids(proc):
+    """The process and its children (nginx master + worker)."""
+    out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+    return [proc.pid] + [int(p) for p in out.split()]
+
+
+def cpu_seconds(proc):
+    total = 0
+    for pid in pids(proc):
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total / CLK
+
+
+def mem_kb(proc, key):
+    total = 0
+    for pid in pids(proc):
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def to_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    n, unit = float(m.group(1)), m.group(2)
+    return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
+
+
+def wrk(port, cpu):
+    out = subprocess.run(["taskset", "-c", cpu, "wrk", "-t1", f"-c{CONNS}", f"-d{DURATION}s", "--latency",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock_err = re.search(r"Socket errors: (.*)", out)
+    return dict(rps=rps, total=total, p50=p50, p99=p99,
+                errors=int(errors.group(1)) if errors else 0, sock=sock_err.group(1) if sock_err else "")
+
+
+def openloop(port, cpu, rate):
+    out = subprocess.run(["taskset", "-c", cpu, LOADGEN, f"http://127.0.0.1:{port}/", str(rate),
+                          str(DURATION), str(CONNS)], capture_output=True, text=True).stdout
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out)}
+
+
+def idle_rss(proc, port, n=1000):
+    before = mem_kb(proc, "VmRSS")
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        socks.append(s)
+    time.sleep(1.5)
+    after = mem_kb(proc, "VmRSS")
+    for s in socks:
+        s.close()
+    time.sleep(0.5)
+    return before, after
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="cutover-bench-")
+    procs = {}
+    try:
+        up = nginx_conf(work, "upstream", f"""server {{ listen 127.0.0.1:{PORTS['upstream']} backlog=4096;
+            location / {{ return 200 "ok"; }} }}""")
+        procs["upstream"] = start(LOAD_CPU, ["nginx", "-c", up])
+        ngx = nginx_conf(work, "nginx", f"""upstream up {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 128; }}
+            server {{ listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
+              location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")
+        procs["nginx"] = start(PROXY_CPU, ["nginx", "-c", ngx])
+        hap = write(os.path.join(work, "haproxy.cfg"), f"""
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{PORTS['haproxy']}
+  default_backend be
+backend be
+  server s1 127.0.0.1:{PORTS['upstream']}
+""")
+        procs["haproxy"] = start(PROXY_CPU, ["haproxy", "-db", "-f", hap])
+        cfg = write(os.path.join(work, "cutover.toml"), f"""
+[listen]
+address = "127.0.0.1:{PORTS['cutover']}"
+[admin]
+socket = "{work}/cutover.sock"
+[pools.blue]
+backends = ["127.0.0.1:{PORTS['upstream']}"]
+[pools.green]
+backends = ["localhost:{PORTS['upstream']}"]
+[routing]
+live = "blue"
+[runtime]
+workers = 1
+{EXTRA}
+""")
+        env_log = open(os.path.join(work, "cutover.log"), "w")
+        procs["cutover"] = subprocess.Popen(["taskset", "-c", PROXY_CPU, CUTOVER, "run", "--config", cfg],
+                                            stdout=subprocess.DEVNULL, stderr=env_log, start_new_session=True,
+                                            env=dict(os.environ, CUTOVER_LOG="warn"))
+        for name, port in PORTS.items():
+            wait_port(port)
+
+        targets = ["direct", "haproxy", "nginx", "cutover"]
+        port_of = {"direct": PORTS["upstream"], **{t: PORTS[t] for t in targets[1:]}}
+        proc_of = {"direct": procs["upstream"], **{t: procs[t] for t in targets[1:]}}
+        cpu_of = {t: (PROXY_CPU if t == "direct" else LOAD_CPU) for t in targets}
+
+        for t in targets:  # warm-up: connections, pools, page cache
+            subprocess.run(["wrk", "-t1", "-c64", "-d1s", f"http://127.0.0.1:{port_of[t]}/"], capture_output=True)
+
+        closed = {t: [] for t in targets}
+        cpu = {t: [] for t in targets}
+        for r in range(ROUNDS):
+            for t in targets:
+                c0 = cpu_seconds(proc_of[t])
+                res = wrk(port_of[t], cpu_of[t])
+                c1 = cpu_seconds(proc_of[t])
+                closed[t].append(res)
+                cpu[t].append((c1 - c0) * 1e6 / max(res["total"], 1))
+                print(f"round {r+1} closed {t:8} {res['rps']:>9.0f} req/s  p50 {res['p50']:.3f} ms  "
+                      f"p99 {res['p99']:.3f} ms  cpu {cpu[t][-1]:.1f} us/req  errors {res['errors']} {res['sock']}",
+                      file=sys.stderr)
+
+        med = lambda xs: statistics.median(xs)
+        hap_rps = med([x["rps"] for x in closed["haproxy"]])
+        rate = int(hap_rps / 2)
+        fixed = {t: [] for t in targets}
+        for r in range(max(ROUNDS - 1, 1)):
+            for t in targets:
+                res = openloop(port_of[t], cpu_of[t], rate)
+                fixed[t].append(res)
+                print(f"round {r+1} fixed  {t:8} {res.get('rate', 0):>9.0f} req/s  p99 {res.get('p99_us', 0)/1000:.3f} ms  "
+                      f"p99.9 {res.get('p999_us', 0)/1000:.3f} ms  errors {res.get('errors', 0):.0f}", file=sys.stderr)
+
+        idle = {t: idle_rss(proc_of[t], port_of[t]) for t in targets[1:]}
+        peak = {t: mem_kb(proc_of[t], "VmHWM") for t in targets}
+
+        rows = []
+        for t in targets:
+            rows.append(dict(
+                t=t, rps=med([x["rps"] for x in closed[t]]), p50=med([x["p50"] for x in closed[t]]),
+                p99=med([x["p99"] for x in closed[t]]), fp99=med([x.get("p99_us", 0) for x in fixed[t]]) / 1000,
+                fp999=med([x.get("p999_us", 0) for x in fixed[t]]) / 1000,
+                errs=sum(x["errors"] for x in closed[t]) + sum(x.get("errors", 0) for x in fixed[t]),
+                cpu=med(cpu[t]), peak=peak[t] / 1024, idle=(idle[t][1] / 1024 if t in idle else None)))
+        h = next(r for r in rows if r["t"] == "haproxy")
+        print(f"\n{DURATION}s x {ROUNDS} rounds closed loop (wrk -t1 -c{CONNS}), fixed rate {rate} req/s "
+              f"(half of HAProxy's median), {CONNS} connections; medians; proxies on one core.\n")
+        print("| target | req/s | p50 ms | p99 ms | fixed p99 ms | fixed p99.9 ms | CPU us/req | peak RSS MiB | RSS 1k idle conns MiB | req/s ÷ HAProxy | fixed p99 ÷ HAProxy | CPU/req ÷ HAProxy | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            idle_s = f"{r['idle']:.1f}" if r["idle"] is not None else "-"
+            ratio = lambda a, b: f"{a / b:.2f}" if b else "-"
+            print(f"| {r['t']} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['fp99']:.3f} | {r['fp999']:.3f} | "
+                  f"{r['cpu']:.1f} | {r['peak']:.1f} | {idle_s} | {ratio(r['rps'], h['rps'])} | "
+                  f"{ratio(r['fp99'], h['fp99'])} | {ratio(r['cpu'], h['cpu'])} | {r['errs']:.0f} |")
+    finally:
+        for p in procs.values():
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Side-by-side load comparison: direct upstream, HAProxy, nginx and cutover, measured in
+# one run with targets alternating, on loopback only. Not part of CI.
+#
+#   bash benches/compare.sh                # ~4 minutes on 2 cores
+#   DURATION=5 ROUNDS=2 bash benches/compare.sh
+#
+# Installs haproxy, nginx and wrk from Debian when missing, builds cutover and the
+# open-loop load generator in release mode, then runs benches/compare.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v taskset >/dev/null || need+=(util-linux)
+command -v python3 >/dev/null || need+=(python3)
+if [ "${#need[@]}" -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+cargo build --release --locked --bin cutover --example loadgen
+ulimit -n "$(ulimit -Hn)"
+exec python3 benches/compare.py "$@"
