@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
 use crate::drain::Tracker;
-use crate::error::AdminError;
+use crate::error::{AdminError, SwitchError};
 use crate::snapshot::{Color, Snapshot};
-use crate::switchboard::{Caller, StateReport, Switchboard};
+use crate::switchboard::{Caller, StateReport, SwitchRequest, Switchboard};
 
 /// What the admin handlers share.
 pub struct Admin {
@@ -37,6 +37,12 @@ const MAX_BODY: usize = 64 * 1024;
 struct SwitchBody {
     to: String,
     expect_generation: Option<u64>,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    dry_run: bool,
+    /// `"drained"`: answer once the old colour has drained or its deadline passed.
+    wait: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,9 +72,16 @@ pub struct Pools {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PoolStatus {
-    /// `live`, `draining` (not live, requests still in flight) or `idle`.
+    /// `live`, `draining` (switched away from, not yet drained) or `idle`.
     pub role: String,
     pub in_flight: usize,
+    /// Open upgraded connections (WebSocket, …).
+    pub tunnels: usize,
+    /// Tunnels closed because a drain deadline passed, since start.
+    pub closed_by_drain: u64,
+    /// RFC 3339 times, while draining.
+    pub draining_since: Option<String>,
+    pub drain_deadline: Option<String>,
     pub healthy: usize,
     pub total: usize,
     pub backends: Vec<BackendStatus>,
@@ -77,8 +90,12 @@ pub struct PoolStatus {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub address: String,
+    /// Gets traffic: healthy by checks and not ejected.
     pub healthy: bool,
+    pub ejected: bool,
     pub in_flight: usize,
+    /// The last failed check, if any.
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -103,10 +120,11 @@ impl Admin {
                     AdminError::MethodNotAllowed { allow, .. } => Some(*allow),
                     _ => None,
                 };
-                let mut resp = json(
-                    err.status(),
-                    &serde_json::json!({ "error": err.to_string() }),
-                );
+                let mut body = serde_json::json!({ "error": err.to_string() });
+                if let AdminError::Switch(SwitchError::Gate { report, .. }) = &err {
+                    body["gate"] = serde_json::to_value(report).unwrap_or_default();
+                }
+                let mut resp = json(err.status(), &body);
                 if let Some(allow) = allow {
                     resp.headers_mut()
                         .insert(header::ALLOW, header::HeaderValue::from_static(allow));
@@ -146,10 +164,27 @@ impl Admin {
                     .to
                     .parse::<Color>()
                     .map_err(|e| AdminError::BadRequest(e.to_string()))?;
-                let change = self
-                    .switchboard
-                    .switch(to, body.expect_generation, caller)
-                    .await?;
+                let wait = match body.wait.as_deref() {
+                    None => false,
+                    Some("drained") => true,
+                    Some(other) => {
+                        return Err(AdminError::BadRequest(format!(
+                            "unknown wait {other:?}; the only value is \"drained\""
+                        )));
+                    }
+                };
+                let req = SwitchRequest {
+                    to,
+                    expect_generation: body.expect_generation,
+                    force: body.force,
+                };
+                if body.dry_run {
+                    return Ok(self.dry_run(req));
+                }
+                let change = self.switchboard.switch(req, caller).await?;
+                if wait && change.changed {
+                    self.tracker.wait_drained(change.from).await;
+                }
                 Ok(json(StatusCode::OK, &self.status(Some(change.changed))))
             }
             _ => {
@@ -161,6 +196,20 @@ impl Admin {
                 Ok(json(StatusCode::OK, &self.status(Some(change.changed))))
             }
         }
+    }
+
+    /// The answer to a `dry_run` switch: the plan, with the status the real call would get.
+    fn dry_run(&self, req: SwitchRequest) -> Response<Full<Bytes>> {
+        let (plan, refusal) = self.switchboard.plan(req);
+        let mut body = serde_json::json!({ "dry_run": true, "plan": plan });
+        let status = match refusal {
+            Some(err) => {
+                body["error"] = err.to_string().into();
+                AdminError::Switch(err).status()
+            }
+            None => StatusCode::OK,
+        };
+        json(status, &body)
     }
 
     pub fn status(&self, changed: Option<bool>) -> Status {
@@ -185,17 +234,22 @@ impl Admin {
 
     fn pool_status(&self, snap: &Snapshot, color: Color) -> PoolStatus {
         let pool = snap.pool(color);
-        let in_flight = self.tracker.in_flight(color);
+        let drain = self.tracker.view(color);
         let role = if snap.live == color {
             "live"
-        } else if in_flight > 0 {
+        } else if drain.draining_since.is_some() {
             "draining"
         } else {
             "idle"
         };
+        let rfc3339 = |t: std::time::SystemTime| humantime::format_rfc3339_millis(t).to_string();
         PoolStatus {
             role: role.to_owned(),
-            in_flight,
+            in_flight: drain.in_flight,
+            tunnels: drain.tunnels,
+            closed_by_drain: drain.closed_by_drain,
+            draining_since: drain.draining_since.map(rfc3339),
+            drain_deadline: drain.deadline.map(rfc3339),
             healthy: pool.healthy_count(),
             total: pool.backends.len(),
             backends: pool
@@ -203,8 +257,10 @@ impl Admin {
                 .iter()
                 .map(|b| BackendStatus {
                     address: b.address.clone(),
-                    healthy: b.is_healthy(),
+                    healthy: b.is_available(),
+                    ejected: b.is_ejected(),
                     in_flight: b.in_flight(),
+                    problem: b.problem(),
                 })
                 .collect(),
         }

@@ -28,6 +28,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Worker threads of the async runtime; 1 runs everything on one thread.
     pub workers: usize,
+    /// After a switch, how long the old colour's upgraded tunnels may stay open.
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -44,10 +46,53 @@ pub struct AdminConfig {
     pub mode: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PoolConfig {
     /// `host:port` of each backend, in config order, without duplicates.
     pub backends: Vec<String>,
+    /// Healthy, warm backends a switch to this pool needs; `None` = all of them.
+    pub min_healthy: Option<usize>,
+    /// How long a backend must have been healthy before it counts for the gate.
+    pub warmup: Duration,
+    /// Active checks; `None` = no probing (backends count as healthy unless ejected).
+    pub health: Option<HealthConfig>,
+    pub ejection: EjectionConfig,
+}
+
+/// Active HTTP health checks of a pool's backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Path probed with GET, e.g. `/healthz`.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Inclusive range of statuses that count as healthy.
+    pub expect_status: (u16, u16),
+    /// Consecutive successes that bring a backend up.
+    pub rise: u32,
+    /// Consecutive failures that take it down.
+    pub fall: u32,
+}
+
+/// Passive ejection: a backend answering with errors is taken out for a cool-off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EjectionConfig {
+    /// Consecutive connect failures or 5xx that eject; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    /// Cool-off of the first ejection; the n-th lasts n times as long (capped at 10x).
+    pub base_time: Duration,
+    /// At most this share of the pool is ejected at once, so a pool is never emptied.
+    pub max_percent: u32,
+}
+
+impl Default for EjectionConfig {
+    fn default() -> Self {
+        EjectionConfig {
+            consecutive_failures: 5,
+            base_time: Duration::from_secs(10),
+            max_percent: 50,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +161,8 @@ struct RawConfig {
     shutdown: RawShutdown,
     #[serde(default)]
     runtime: RawRuntime,
+    #[serde(default)]
+    drain: RawDrain,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +189,36 @@ struct RawState {
 #[serde(deny_unknown_fields)]
 struct RawPool {
     backends: Vec<String>,
+    min_healthy: Option<usize>,
+    warmup: Option<String>,
+    health: Option<RawHealth>,
+    #[serde(default)]
+    ejection: RawEjection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    expect_status: Option<String>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEjection {
+    consecutive_failures: Option<u32>,
+    base_time: Option<String>,
+    max_percent: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrain {
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,15 +293,18 @@ impl Config {
             pools: [
                 PoolConfig {
                     backends: vec![blue.to_string()],
+                    ..PoolConfig::default()
                 },
                 PoolConfig {
                     backends: vec![green.to_string()],
+                    ..PoolConfig::default()
                 },
             ],
             initial_live: Color::Blue,
             upstream: UpstreamConfig::default(),
             shutdown_grace: DEFAULT_GRACE,
             workers: default_workers(),
+            drain_timeout: DEFAULT_DRAIN,
         }
     }
 }
@@ -232,6 +312,7 @@ impl Config {
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SOCKET_MODE: u32 = 0o600;
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
@@ -344,6 +425,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         upstream,
         shutdown_grace,
         workers,
+        drain_timeout: duration(problems, "drain.timeout", raw.drain.timeout, DEFAULT_DRAIN),
     })
 }
 
@@ -394,7 +476,26 @@ fn pools(raw: BTreeMap<String, RawPool>, problems: &mut Vec<Problem>) -> Option<
             }
             backends.push(addr);
         }
-        out[color.index()] = Some(PoolConfig { backends });
+        let key = format!("pools.{name}");
+        if let Some(n) = pool.min_healthy
+            && (n == 0 || n > pool.backends.len())
+        {
+            problem(
+                problems,
+                &format!("{key}.min_healthy"),
+                format!("{n} is out of range; use 1 to {} (the pool's size)", pool.backends.len()),
+            );
+        }
+        let warmup = duration(problems, &format!("{key}.warmup"), pool.warmup, Duration::ZERO);
+        let health = pool.health.map(|h| health(h, &key, problems));
+        let ejection = ejection(pool.ejection, &key, problems);
+        out[color.index()] = Some(PoolConfig {
+            backends,
+            min_healthy: pool.min_healthy,
+            warmup,
+            health,
+            ejection,
+        });
     }
     for color in Color::ALL {
         if out[color.index()].is_none() {
@@ -407,6 +508,62 @@ fn pools(raw: BTreeMap<String, RawPool>, problems: &mut Vec<Problem>) -> Option<
     }
     let [blue, green] = out;
     Some([blue?, green?])
+}
+
+fn health(raw: RawHealth, pool: &str, problems: &mut Vec<Problem>) -> HealthConfig {
+    let key = |k: &str| format!("{pool}.health.{k}");
+    let path = raw.path.unwrap_or_else(|| "/".to_owned());
+    if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+        problem(problems, &key("path"), format!("{path:?} is not a request path; write e.g. \"/healthz\""));
+    }
+    let interval = duration(problems, &key("interval"), raw.interval, Duration::from_secs(2));
+    let timeout = duration(problems, &key("timeout"), raw.timeout, Duration::from_secs(1));
+    let expect_status = match raw.expect_status.as_deref().map(status_range) {
+        None => (200, 399),
+        Some(Some(range)) => range,
+        Some(None) => {
+            problem(
+                problems,
+                &key("expect_status"),
+                "is not a status range; write e.g. \"200-399\" or \"204\"".into(),
+            );
+            (200, 399)
+        }
+    };
+    let (rise, fall) = (raw.rise.unwrap_or(2), raw.fall.unwrap_or(3));
+    for (k, v) in [("rise", rise), ("fall", fall)] {
+        if v == 0 {
+            problem(problems, &key(k), "must be at least 1".into());
+        }
+    }
+    HealthConfig {
+        path,
+        interval,
+        timeout,
+        expect_status,
+        rise,
+        fall,
+    }
+}
+
+/// `"200-399"` or `"204"` → an inclusive range of valid statuses.
+fn status_range(text: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    let (lo, hi) = (lo.trim().parse::<u16>().ok()?, hi.trim().parse::<u16>().ok()?);
+    ((100..=599).contains(&lo) && (lo..=599).contains(&hi)).then_some((lo, hi))
+}
+
+fn ejection(raw: RawEjection, pool: &str, problems: &mut Vec<Problem>) -> EjectionConfig {
+    let d = EjectionConfig::default();
+    let max_percent = raw.max_percent.unwrap_or(d.max_percent);
+    if max_percent > 100 {
+        problem(problems, &format!("{pool}.ejection.max_percent"), format!("{max_percent} is over 100"));
+    }
+    EjectionConfig {
+        consecutive_failures: raw.consecutive_failures.unwrap_or(d.consecutive_failures),
+        base_time: duration(problems, &format!("{pool}.ejection.base_time"), raw.base_time, d.base_time),
+        max_percent,
+    }
 }
 
 /// Normalises a backend address: `IP:port` as the socket address prints it, or

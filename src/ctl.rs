@@ -11,16 +11,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
 use crate::admin::{PoolStatus, Status};
+use crate::health::GateReport;
 use crate::snapshot::Color;
 
 /// Why a `ctl` command failed; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     #[error("cannot reach cutover at {path}: {source}; is it running? (pass --socket PATH)")]
-    Connect {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Connect { path: PathBuf, source: std::io::Error },
     #[error("admin connection failed: {0}")]
     Http(#[from] hyper::Error),
     #[error("refused ({status}): {message}")]
@@ -29,19 +27,30 @@ pub enum CtlError {
     Decode(String),
 }
 
-/// One admin call: method, path and optional JSON body; the answer's JSON on 2xx.
-pub async fn call(
+/// One admin call: the answer's JSON on 2xx, the server's error message otherwise.
+pub async fn call(socket: &Path, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<Bytes, CtlError> {
+    let (status, bytes) = call_raw(socket, method, path, body).await?;
+    if status.is_success() {
+        return Ok(bytes);
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    Err(CtlError::Refused { status, message })
+}
+
+/// One admin call; the status and body, whatever the status.
+pub async fn call_raw(
     socket: &Path,
     method: Method,
     path: &str,
     body: Option<serde_json::Value>,
-) -> Result<Bytes, CtlError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| CtlError::Connect {
-            path: socket.to_owned(),
-            source,
-        })?;
+) -> Result<(StatusCode, Bytes), CtlError> {
+    let stream = UnixStream::connect(socket).await.map_err(|source| CtlError::Connect {
+        path: socket.to_owned(),
+        source,
+    })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -55,14 +64,7 @@ pub async fn call(
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
-    if status.is_success() {
-        return Ok(bytes);
-    }
-    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-    Err(CtlError::Refused { status, message })
+    Ok((status, bytes))
 }
 
 /// Decodes a `/status`-shaped answer.
@@ -74,47 +76,36 @@ pub fn parse_status(bytes: &[u8]) -> Result<Status, CtlError> {
 pub fn render_status(s: &Status) -> String {
     let mut out = String::new();
     let previous = s.previous.map_or("-", Color::as_str);
-    let _ = writeln!(
-        out,
-        "live: {}   generation: {}   previous: {}",
-        s.live, s.generation, previous
-    );
+    let _ = writeln!(out, "live: {}   generation: {}   previous: {}", s.live, s.generation, previous);
     if let Some(err) = &s.state.error {
         let _ = writeln!(out, "state file problem: {err}");
     }
-    let _ = writeln!(
-        out,
-        "{:<7} {:<9} {:>7} {:>9}  {:<26} {:<6}",
-        "COLOUR", "ROLE", "HEALTHY", "IN-FLIGHT", "BACKEND", "STATE"
-    );
+    let _ = writeln!(out, "{}", row("COLOUR", "ROLE", "HEALTHY", "IN-FLIGHT", "TUNNELS", "BACKEND", "STATE"));
     for (color, pool) in [(Color::Blue, &s.pools.blue), (Color::Green, &s.pools.green)] {
         render_pool(&mut out, color, pool);
     }
     out
 }
 
+fn row(color: &str, role: &str, healthy: &str, in_flight: &str, tunnels: &str, backend: &str, state: &str) -> String {
+    format!("{color:<7} {role:<9} {healthy:>7} {in_flight:>9} {tunnels:>7}  {backend:<22} {state}")
+}
+
 fn render_pool(out: &mut String, color: Color, pool: &PoolStatus) {
     let healthy = format!("{}/{}", pool.healthy, pool.total);
+    let (in_flight, tunnels) = (pool.in_flight.to_string(), pool.tunnels.to_string());
     for (i, b) in pool.backends.iter().enumerate() {
-        let state = if b.healthy { "up" } else { "down" };
-        if i == 0 {
-            let _ = writeln!(
-                out,
-                "{:<7} {:<9} {:>7} {:>9}  {:<26} {:<6}",
-                color.as_str(),
-                pool.role,
-                healthy,
-                pool.in_flight,
-                b.address,
-                state
-            );
+        let state = match (b.healthy, b.ejected) {
+            (true, _) => "up",
+            (false, true) => "ejected",
+            (false, false) => "down",
+        };
+        let line = if i == 0 {
+            row(color.as_str(), &pool.role, &healthy, &in_flight, &tunnels, &b.address, state)
         } else {
-            let _ = writeln!(
-                out,
-                "{:<7} {:<9} {:>7} {:>9}  {:<26} {:<6}",
-                "", "", "", "", b.address, state
-            );
-        }
+            row("", "", "", "", "", &b.address, state)
+        };
+        let _ = writeln!(out, "{}", line.trim_end());
     }
 }
 
@@ -125,4 +116,73 @@ pub fn render_change(s: &Status) -> String {
         (_, Some(prev)) => format!("{} → {} (generation {})", prev, s.live, s.generation),
         _ => format!("{} is live (generation {})", s.live, s.generation),
     }
+}
+
+/// Polls `/status` and prints a line whenever `old`'s drain progress changes, until it
+/// is no longer draining. With `json`, one JSON object per line.
+pub async fn watch_drain(socket: &Path, old: Color, json: bool) -> Result<(), CtlError> {
+    let mut last = None;
+    loop {
+        let status = parse_status(&call(socket, Method::GET, "/status", None).await?)?;
+        let pool = match old {
+            Color::Blue => &status.pools.blue,
+            Color::Green => &status.pools.green,
+        };
+        let now = (pool.role.clone(), pool.in_flight, pool.tunnels);
+        if last.as_ref() != Some(&now) {
+            if json {
+                let line = serde_json::json!({
+                    "color": old, "role": pool.role, "in_flight": pool.in_flight, "tunnels": pool.tunnels,
+                });
+                println!("{line}");
+            } else if pool.role == "draining" {
+                let deadline = pool.drain_deadline.as_deref().unwrap_or("-");
+                println!(
+                    "draining {old}: {} in flight, {} tunnels (deadline {deadline})",
+                    pool.in_flight, pool.tunnels
+                );
+            }
+            last = Some(now);
+        }
+        if pool.role != "draining" {
+            if !json {
+                println!(
+                    "{old} drained: {} in flight, {} tunnels, {} closed at the deadline",
+                    pool.in_flight, pool.tunnels, pool.closed_by_drain
+                );
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The human view of a dry-run answer.
+pub fn render_plan(code: StatusCode, bytes: &[u8]) -> Result<String, CtlError> {
+    let decode = |e: serde_json::Error| CtlError::Decode(e.to_string());
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(decode)?;
+    let plan = &v["plan"];
+    let gate: GateReport = serde_json::from_value(plan["gate"].clone()).map_err(decode)?;
+    let (from, to) = (plan["from"].as_str().unwrap_or("?"), plan["to"].as_str().unwrap_or("?"));
+    let mut out = String::new();
+    let verdict = if code.is_success() {
+        "would be accepted".to_owned()
+    } else {
+        format!("would be REFUSED ({code})")
+    };
+    let _ = writeln!(out, "dry run: {from} → {to} {verdict}");
+    if let Some(err) = v["error"].as_str() {
+        let _ = writeln!(out, "  {err}");
+    }
+    let _ = writeln!(out, "gate: {} of {} required backends ready", gate.ready, gate.required);
+    for b in &gate.backends {
+        let state = b.reason.as_deref().map_or("ready".to_owned(), |r| format!("not ready: {r}"));
+        let _ = writeln!(out, "  {:<26} {state}", b.address);
+    }
+    let _ = writeln!(
+        out,
+        "would drain from {from}: {} requests in flight, {} tunnels",
+        plan["drain_in_flight"], plan["drain_tunnels"]
+    );
+    Ok(out)
 }

@@ -1,34 +1,101 @@
-//! Per-colour in-flight tracking. Every proxied request holds an [`InFlight`] guard from
-//! the moment a backend is picked until its response body has finished streaming (or the
-//! client went away), so after a switch the old colour's count falls to zero exactly
-//! when its last request is done.
+//! Per-colour in-flight and tunnel tracking, and draining.
+//!
+//! Every proxied request holds an [`InFlight`] guard from the moment a backend is picked
+//! until its response body has finished streaming; every upgraded connection (WebSocket
+//! and any other `Upgrade`) holds a [`Tunnel`] guard. After a switch the old colour is
+//! *draining*: a task watches its counts. Its requests finish on it; at the drain
+//! deadline its tunnels are cancelled (and counted as closed by drain); once nothing is
+//! left, its idle pooled upstream connections are closed by replacing the colour's
+//! client, rather than left to the pool's idle timeout. If the colour becomes live
+//! again first (a rollback), the drain is abandoned and its tunnels live on.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Backend, BackendGuard};
+use crate::proxy::Upstreams;
 use crate::snapshot::Color;
 
-/// Counters per colour, shared by the proxy (writes) and admin (reads).
-#[derive(Debug, Default)]
+/// How often a drain task looks at the counts.
+const POLL: Duration = Duration::from_millis(25);
+
+/// Counters and drain state per colour, shared by the proxy, the switchboard and admin.
 pub struct Tracker {
     /// Requests in flight, indexed by [`Color::index`].
     in_flight: [AtomicUsize; 2],
+    /// Open upgraded connections.
+    tunnels: [AtomicUsize; 2],
+    /// Tunnels closed because a drain deadline passed.
+    closed_by_drain: [AtomicU64; 2],
+    /// Drain bookkeeping; touched on switches and tunnel opens, never per request.
+    drains: [Mutex<ColorDrain>; 2],
+    /// How long tunnels may outlive a switch away from their colour.
+    pub timeout: Duration,
+    /// The per-colour upstream clients, reset when a colour has drained.
+    upstreams: Arc<Upstreams>,
+}
+
+#[derive(Debug, Default)]
+struct ColorDrain {
+    /// Bumped on every begin/abort, so a stale drain task knows to stop.
+    epoch: u64,
+    since: Option<SystemTime>,
+    deadline: Option<(Instant, SystemTime)>,
+    /// Cancelled at the deadline; every tunnel of the colour listens on it.
+    cancel: CancellationToken,
+}
+
+/// What status shows about one colour.
+#[derive(Debug, Clone)]
+pub struct DrainView {
+    pub in_flight: usize,
+    pub tunnels: usize,
+    pub closed_by_drain: u64,
+    pub draining_since: Option<SystemTime>,
+    pub deadline: Option<SystemTime>,
 }
 
 /// One request in flight to one backend of one colour.
-#[derive(Debug)]
 pub struct InFlight {
     tracker: Arc<Tracker>,
     color: Color,
     backend: BackendGuard,
 }
 
+/// One open tunnel; the token is cancelled at its colour's drain deadline.
+pub struct Tunnel {
+    tracker: Arc<Tracker>,
+    color: Color,
+    pub cancel: CancellationToken,
+}
+
 // === impl Tracker ===
 
 impl Tracker {
+    pub fn new(timeout: Duration, upstreams: Arc<Upstreams>) -> Tracker {
+        Tracker {
+            in_flight: Default::default(),
+            tunnels: Default::default(),
+            closed_by_drain: Default::default(),
+            drains: Default::default(),
+            timeout,
+            upstreams,
+        }
+    }
+
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
     pub fn in_flight(&self, color: Color) -> usize {
         self.in_flight[color.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn tunnels(&self, color: Color) -> usize {
+        self.tunnels[color.index()].load(Ordering::Relaxed)
     }
 
     /// Starts counting a request to `backend` of `color`.
@@ -40,6 +107,126 @@ impl Tracker {
             color,
             backend: backend.track(),
         }
+    }
+
+    /// Registers an upgraded connection of `color`.
+    pub fn open_tunnel(self: &Arc<Self>, color: Color) -> Tunnel {
+        self.tunnels[color.index()].fetch_add(1, Ordering::Relaxed);
+        let cancel = self.lock(color).cancel.clone();
+        Tunnel {
+            tracker: Arc::clone(self),
+            color,
+            cancel,
+        }
+    }
+
+    pub fn view(&self, color: Color) -> DrainView {
+        let d = self.lock(color);
+        DrainView {
+            in_flight: self.in_flight(color),
+            tunnels: self.tunnels(color),
+            closed_by_drain: self.closed_by_drain[color.index()].load(Ordering::Relaxed),
+            draining_since: d.since,
+            deadline: d.deadline.map(|(_, wall)| wall),
+        }
+    }
+
+    pub fn is_draining(&self, color: Color) -> bool {
+        self.lock(color).since.is_some()
+    }
+
+    /// `color` just stopped being live: start draining it.
+    pub fn begin_drain(self: &Arc<Self>, color: Color) {
+        let (epoch, deadline, cancel) = {
+            let mut d = self.lock(color);
+            d.epoch += 1;
+            let now = SystemTime::now();
+            let deadline = Instant::now() + self.timeout;
+            d.since = Some(now);
+            d.deadline = Some((deadline, now + self.timeout));
+            (d.epoch, deadline, d.cancel.clone())
+        };
+        tokio::spawn(Arc::clone(self).drain(color, epoch, deadline, cancel));
+    }
+
+    /// `color` is live again: abandon its drain; its tunnels stay open.
+    pub fn abort_drain(&self, color: Color) {
+        let mut d = self.lock(color);
+        if d.since.is_some() {
+            d.epoch += 1;
+            d.since = None;
+            d.deadline = None;
+        }
+        if d.cancel.is_cancelled() {
+            d.cancel = CancellationToken::new();
+        }
+    }
+
+    /// Closes every tunnel of both colours now (process shutdown past its deadline).
+    pub fn close_all_tunnels(&self) {
+        for color in Color::ALL {
+            self.lock(color).cancel.cancel();
+        }
+    }
+
+    pub fn total_tunnels(&self) -> usize {
+        Color::ALL.iter().map(|&c| self.tunnels(c)).sum()
+    }
+
+    /// Resolves once `color` is no longer draining or its deadline has passed.
+    pub async fn wait_drained(&self, color: Color) {
+        loop {
+            let deadline_passed = {
+                let d = self.lock(color);
+                match d.deadline {
+                    None => return,
+                    Some((at, _)) => Instant::now() >= at,
+                }
+            };
+            if deadline_passed {
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn drain(self: Arc<Self>, color: Color, epoch: u64, deadline: Instant, cancel: CancellationToken) {
+        let mut deadline_passed = false;
+        loop {
+            if self.lock(color).epoch != epoch {
+                return;
+            }
+            let (requests, tunnels) = (self.in_flight(color), self.tunnels(color));
+            if requests == 0 && tunnels == 0 {
+                break;
+            }
+            if !deadline_passed && Instant::now() >= deadline {
+                deadline_passed = true;
+                if tunnels > 0 {
+                    tracing::info!(%color, tunnels, requests, "drain deadline: closing the remaining tunnels");
+                    cancel.cancel();
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        {
+            let mut d = self.lock(color);
+            if d.epoch != epoch {
+                return;
+            }
+            d.since = None;
+            d.deadline = None;
+            if d.cancel.is_cancelled() {
+                d.cancel = CancellationToken::new();
+            }
+        }
+        self.upstreams.reset(color);
+        tracing::info!(%color, "drained; idle upstream connections closed");
+    }
+
+    fn lock(&self, color: Color) -> std::sync::MutexGuard<'_, ColorDrain> {
+        // A panic while holding this lock cannot leave the counters inconsistent.
+        self.drains[color.index()].lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -53,10 +240,29 @@ impl InFlight {
     pub fn backend(&self) -> &Arc<Backend> {
         self.backend.backend()
     }
+
+    pub fn tracker(&self) -> &Arc<Tracker> {
+        &self.tracker
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.tracker.in_flight[self.color.index()].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// === impl Tunnel ===
+
+impl Tunnel {
+    /// Counts this tunnel as closed by a drain deadline.
+    pub fn closed_by_drain(&self) {
+        self.tracker.closed_by_drain[self.color.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.tracker.tunnels[self.color.index()].fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -61,6 +61,14 @@ pub enum SwitchError {
     StaleGeneration { expected: u64, actual: u64 },
     #[error("nothing to roll back to: no switch has happened since this state began")]
     NoPrevious,
+    #[error(
+        "refused: the {to} pool is not ready: {}; fix the backends, wait, or pass \"force\": true",
+        .report.summary()
+    )]
+    Gate {
+        to: Color,
+        report: crate::health::GateReport,
+    },
     #[error("could not persist the new state to {path}: {source}; routing is unchanged")]
     Persist {
         path: String,

@@ -32,6 +32,7 @@ pub mod demo;
 pub mod drain;
 pub mod error;
 pub mod headers;
+pub mod health;
 pub mod listener;
 pub mod pool;
 pub mod proxy;

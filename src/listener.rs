@@ -64,7 +64,7 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(proxy.forward(req, peer).await) }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(

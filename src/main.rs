@@ -59,6 +59,15 @@ enum CtlCommand {
         /// Refuse unless the routing generation is still this (see `status`).
         #[arg(long)]
         expect_generation: Option<u64>,
+        /// Switch even if the target pool fails the health gate (audited as forced).
+        #[arg(long)]
+        force: bool,
+        /// Show the gate per backend and what would drain; change nothing.
+        #[arg(long, conflicts_with = "wait")]
+        dry_run: bool,
+        /// After switching, show the old colour draining until it is done or its deadline passes.
+        #[arg(long)]
+        wait: bool,
     },
     /// Go back to the colour that was live before the last change.
     Rollback {
@@ -191,37 +200,65 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ctl_command(
-    socket: &std::path::Path,
-    json: bool,
-    command: CtlCommand,
-) -> anyhow::Result<()> {
-    let (method, path, body) = match command {
-        CtlCommand::Status => (Method::GET, "/status", None),
+async fn ctl_command(socket: &std::path::Path, json: bool, command: CtlCommand) -> anyhow::Result<()> {
+    let (path, body, wait) = match command {
+        CtlCommand::Status => {
+            let bytes = ctl::call(socket, Method::GET, "/status", None).await?;
+            if json {
+                print!("{}", String::from_utf8_lossy(&bytes));
+            } else {
+                print!("{}", ctl::render_status(&ctl::parse_status(&bytes)?));
+            }
+            return Ok(());
+        }
         CtlCommand::Switch {
             color,
             expect_generation,
-        } => (
-            Method::POST,
-            "/switch",
-            Some(serde_json::json!({ "to": color, "expect_generation": expect_generation })),
-        ),
+            force,
+            dry_run,
+            wait,
+        } => {
+            let body = serde_json::json!({
+                "to": color, "expect_generation": expect_generation, "force": force, "dry_run": dry_run,
+            });
+            if dry_run {
+                return dry_run_command(socket, json, body).await;
+            }
+            ("/switch", body, wait)
+        }
         CtlCommand::Rollback { expect_generation } => (
-            Method::POST,
             "/rollback",
-            Some(serde_json::json!({ "expect_generation": expect_generation })),
+            serde_json::json!({ "expect_generation": expect_generation }),
+            false,
         ),
     };
-    let bytes = ctl::call(socket, method.clone(), path, body).await?;
+    let bytes = ctl::call(socket, Method::POST, path, Some(body)).await?;
     if json {
         print!("{}", String::from_utf8_lossy(&bytes));
-        return Ok(());
     }
     let status = ctl::parse_status(&bytes).context("decoding the status")?;
-    if method == Method::GET {
-        print!("{}", ctl::render_status(&status));
-    } else {
+    if !json {
         println!("{}", ctl::render_change(&status));
     }
+    if wait && status.changed == Some(true) {
+        if let Some(old) = status.previous {
+            ctl::watch_drain(socket, old, json).await?;
+        }
+    }
     Ok(())
+}
+
+/// Prints what a switch would do; exits non-zero when the real call would be refused.
+async fn dry_run_command(socket: &std::path::Path, json: bool, body: serde_json::Value) -> anyhow::Result<()> {
+    let (code, bytes) = ctl::call_raw(socket, Method::POST, "/switch", Some(body)).await?;
+    if json {
+        print!("{}", String::from_utf8_lossy(&bytes));
+    } else {
+        print!("{}", ctl::render_plan(code, &bytes)?);
+    }
+    if code.is_success() {
+        Ok(())
+    } else {
+        anyhow::bail!("the switch would be refused ({code})")
+    }
 }

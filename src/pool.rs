@@ -1,13 +1,14 @@
 //! Backends and pools. A [`Backend`] is shared (`Arc`) by every snapshot that names it,
-//! so its atomics (health, in-flight) survive swaps; a [`Pool`] picks one per request
-//! without a lock.
+//! so its atomics (health, ejection, in-flight) survive swaps; a [`Pool`] picks one per
+//! request without a lock.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
-use crate::config::PoolConfig;
+use crate::config::{EjectionConfig, PoolConfig};
 
 /// One upstream server.
 #[derive(Debug)]
@@ -18,8 +19,33 @@ pub struct Backend {
     pub authority: Authority,
     /// Requests sent to this backend whose response has not finished streaming.
     in_flight: AtomicUsize,
-    /// Whether health checks let traffic through; true until a checker says otherwise.
+    /// Whether active health checks let traffic through; true until a check fails.
     healthy: AtomicBool,
+    /// True once `rise` consecutive checks passed (or when there are no checks): only
+    /// verified backends count for the cutover gate.
+    verified: AtomicBool,
+    /// When the backend last became healthy, as ms since [`epoch`]; for `warmup`.
+    healthy_since_ms: AtomicU64,
+    /// Why the last check failed ("refused", "timeout", "status 500"); for the 409 body.
+    last_problem: Mutex<Option<String>>,
+    /// Consecutive connect failures / 5xx seen by the proxy, for passive ejection.
+    failures: AtomicU32,
+    /// Ejected until this many ms since [`epoch`]; 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+    /// How many times this backend has been ejected (cool-off grows with it).
+    ejections: AtomicU32,
+    /// The pool-wide ejection count and policy (shared by the pool's backends).
+    ejection: Arc<EjectionState>,
+}
+
+/// Pool-wide ejection bookkeeping.
+#[derive(Debug)]
+pub struct EjectionState {
+    policy: EjectionConfig,
+    /// Backends of the pool ejected right now.
+    ejected: AtomicUsize,
+    /// The pool's size, for the `max_percent` cap.
+    size: usize,
 }
 
 /// The backends of one colour.
@@ -28,22 +54,37 @@ pub struct Pool {
     pub backends: Vec<Arc<Backend>>,
     /// Round-robin cursor; relaxed, a lost increment only skews the rotation.
     cursor: AtomicUsize,
+    /// The gate and probe settings this pool was built with.
+    pub config: PoolConfig,
 }
 
 /// Held while a request is in flight to a backend; decrements on drop.
 #[derive(Debug)]
 pub struct BackendGuard(Arc<Backend>);
 
+/// Milliseconds since the first call: a cheap monotonic clock for atomics.
+pub fn epoch_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
 // === impl Backend ===
 
 impl Backend {
     /// `address` must be a validated `host:port` (see `config`).
-    pub fn new(address: &str) -> Result<Backend, http::uri::InvalidUri> {
+    fn new(address: &str, ejection: Arc<EjectionState>, probed: bool) -> Result<Backend, http::uri::InvalidUri> {
         Ok(Backend {
             address: address.to_owned(),
             authority: address.parse()?,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
+            verified: AtomicBool::new(!probed),
+            healthy_since_ms: AtomicU64::new(epoch_ms()),
+            last_problem: Mutex::new(probed.then(|| "not checked yet".to_owned())),
+            failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            ejection,
         })
     }
 
@@ -51,12 +92,101 @@ impl Backend {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Healthy by active checks (ejection aside).
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    pub fn set_healthy(&self, healthy: bool) {
+    /// Gets traffic: healthy and not ejected. Reads the clock only while ejected.
+    #[inline]
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_ejected()
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if epoch_ms() < until {
+            return true;
+        }
+        // Cool-off over: the one thread that clears it gives the slot back.
+        if self
+            .ejected_until_ms
+            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.failures.store(0, Ordering::Relaxed);
+            self.ejection.ejected.fetch_sub(1, Ordering::AcqRel);
+            tracing::info!(backend = %self.address, "ejection over; backend back in rotation");
+        }
+        false
+    }
+
+    /// How long the backend has been healthy and verified; `None` when it is not.
+    pub fn healthy_for(&self) -> Option<Duration> {
+        (self.is_healthy() && self.verified.load(Ordering::Relaxed)).then(|| {
+            let since = self.healthy_since_ms.load(Ordering::Relaxed);
+            Duration::from_millis(epoch_ms().saturating_sub(since))
+        })
+    }
+
+    /// The last check failure, if the backend is not verified healthy.
+    pub fn problem(&self) -> Option<String> {
+        self.last_problem.lock().map(|p| p.clone()).unwrap_or(None)
+    }
+
+    /// Applies a health state change decided by the checker.
+    pub fn set_health(&self, healthy: bool, verified: bool, problem: Option<String>) {
+        if healthy && !self.is_healthy() || verified && !self.verified.load(Ordering::Relaxed) {
+            self.healthy_since_ms.store(epoch_ms(), Ordering::Relaxed);
+        }
         self.healthy.store(healthy, Ordering::Relaxed);
+        self.verified.store(verified, Ordering::Relaxed);
+        if let Ok(mut p) = self.last_problem.lock() {
+            *p = problem;
+        }
+    }
+
+    /// Records a failed check that did not change the state (still within `fall`).
+    pub fn note_problem(&self, problem: String) {
+        if let Ok(mut p) = self.last_problem.lock() {
+            *p = Some(problem);
+        }
+    }
+
+    /// Records the outcome of a proxied request for passive ejection. Cheap on success.
+    #[inline]
+    pub fn record(&self, ok: bool) {
+        if ok {
+            if self.failures.load(Ordering::Relaxed) != 0 {
+                self.failures.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let threshold = self.ejection.policy.consecutive_failures;
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if threshold > 0 && n == threshold {
+            self.try_eject();
+        }
+    }
+
+    fn try_eject(&self) {
+        let state = &self.ejection;
+        let max = state.size * state.policy.max_percent as usize / 100;
+        let reserved = state
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+        if reserved.is_err() {
+            tracing::warn!(backend = %self.address, max, "would eject, but the pool's ejection cap is reached");
+            return;
+        }
+        let times = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let cool_off = state.policy.base_time * times.min(10);
+        self.ejected_until_ms
+            .store(epoch_ms() + cool_off.as_millis() as u64, Ordering::Relaxed);
+        tracing::warn!(backend = %self.address, ?cool_off, times, "ejected after consecutive failures");
     }
 
     /// Counts a request against this backend until the guard drops.
@@ -83,25 +213,28 @@ impl BackendGuard {
 impl Pool {
     /// Builds a pool, reusing a backend from `existing` where the address matches so
     /// its state carries over.
-    pub fn build(
-        config: &PoolConfig,
-        existing: &[Arc<Backend>],
-    ) -> Result<Pool, http::uri::InvalidUri> {
+    pub fn build(config: &PoolConfig, existing: &[Arc<Backend>]) -> Result<Pool, http::uri::InvalidUri> {
+        let ejection = Arc::new(EjectionState {
+            policy: config.ejection.clone(),
+            ejected: AtomicUsize::new(0),
+            size: config.backends.len(),
+        });
         let backends = config
             .backends
             .iter()
             .map(|addr| match existing.iter().find(|b| &b.address == addr) {
                 Some(b) => Ok(Arc::clone(b)),
-                None => Backend::new(addr).map(Arc::new),
+                None => Backend::new(addr, Arc::clone(&ejection), config.health.is_some()).map(Arc::new),
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Pool {
             backends,
             cursor: AtomicUsize::new(0),
+            config: config.clone(),
         })
     }
 
-    /// The next healthy backend in round-robin order, or `None` when none is healthy.
+    /// The next available backend in round-robin order, or `None` when none is.
     /// Lock-free and allocation-free.
     #[inline]
     pub fn pick(&self) -> Option<&Arc<Backend>> {
@@ -112,11 +245,11 @@ impl Pool {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| &self.backends[(start.wrapping_add(i)) % n])
-            .find(|b| b.is_healthy())
+            .find(|b| b.is_available())
     }
 
     pub fn healthy_count(&self) -> usize {
-        self.backends.iter().filter(|b| b.is_healthy()).count()
+        self.backends.iter().filter(|b| b.is_available()).count()
     }
 }
 
@@ -124,35 +257,58 @@ impl Pool {
 mod tests {
     use super::*;
 
-    fn pool(addrs: &[&str]) -> Pool {
+    fn pool(addrs: &[&str], ejection: EjectionConfig) -> Pool {
         let config = PoolConfig {
             backends: addrs.iter().map(|s| s.to_string()).collect(),
+            ejection,
+            ..PoolConfig::default()
         };
         Pool::build(&config, &[]).expect("valid addresses")
     }
 
     #[test]
     fn pick_rotates_and_skips_unhealthy_backends() {
-        let p = pool(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
-        p.backends[1].set_healthy(false);
-        let picked: Vec<&str> = (0..4)
-            .map(|_| p.pick().expect("healthy").address.as_str())
-            .collect();
+        let p = pool(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], EjectionConfig::default());
+        p.backends[1].set_health(false, false, Some("refused".into()));
+        let picked: Vec<&str> = (0..4).map(|_| p.pick().expect("healthy").address.as_str()).collect();
         assert!(!picked.contains(&"127.0.0.1:2"));
         assert!(picked.contains(&"127.0.0.1:1") && picked.contains(&"127.0.0.1:3"));
         for b in &p.backends {
-            b.set_healthy(false);
+            b.set_health(false, false, None);
         }
         assert!(p.pick().is_none());
     }
 
     #[test]
+    fn consecutive_failures_eject_but_never_more_than_the_cap() {
+        let policy = EjectionConfig {
+            consecutive_failures: 3,
+            base_time: Duration::from_secs(60),
+            max_percent: 50,
+        };
+        let p = pool(&["127.0.0.1:1", "127.0.0.1:2"], policy);
+        for b in &p.backends {
+            b.record(false);
+            b.record(false);
+            b.record(true); // a success resets the run
+            for _ in 0..3 {
+                b.record(false);
+            }
+        }
+        // Both failed three times in a row, but half of a pool of two is one backend.
+        assert!(p.backends[0].is_ejected());
+        assert!(!p.backends[1].is_ejected());
+        assert_eq!(p.healthy_count(), 1);
+    }
+
+    #[test]
     fn a_rebuilt_pool_keeps_the_state_of_known_backends() {
-        let old = pool(&["127.0.0.1:1"]);
+        let old = pool(&["127.0.0.1:1"], EjectionConfig::default());
         let _guard = old.backends[0].track();
         let new = Pool::build(
             &PoolConfig {
                 backends: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+                ..PoolConfig::default()
             },
             &old.backends,
         )

@@ -12,27 +12,66 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::UpstreamConfig;
 use crate::drain::{InFlight, Tracker};
 use crate::error::ProxyError;
 use crate::headers;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Color, Snapshot};
+
+/// The pooled upstream client of each colour. One client per colour lets a drained
+/// colour's idle keep-alive connections be closed at once: replacing the client drops
+/// its pool, and with it every idle connection.
+pub struct Upstreams {
+    clients: [ArcSwap<Client<HttpConnector, Incoming>>; 2],
+    config: UpstreamConfig,
+}
+
+impl Upstreams {
+    pub fn new(config: &UpstreamConfig) -> Upstreams {
+        Upstreams {
+            clients: [
+                ArcSwap::from_pointee(build_client(config)),
+                ArcSwap::from_pointee(build_client(config)),
+            ],
+            config: config.clone(),
+        }
+    }
+
+    /// Closes `color`'s idle pooled connections by replacing its client.
+    pub fn reset(&self, color: Color) {
+        self.clients[color.index()].store(Arc::new(build_client(&self.config)));
+    }
+}
+
+fn build_client(upstream: &UpstreamConfig) -> Client<HttpConnector, Incoming> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(upstream.connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(upstream.idle_timeout)
+        .pool_max_idle_per_host(upstream.max_idle_per_backend)
+        // One flattened buffer per write: fewer, larger segments for small messages.
+        .http1_writev(false)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
+}
 
 /// Everything `forward` needs, shared by all connections.
 pub struct Proxy {
     /// The routing pointer; loaded once per request.
     snapshot: Arc<ArcSwap<Snapshot>>,
-    /// Per-colour in-flight counters, for draining and status.
+    /// Per-colour in-flight and tunnel counters, for draining and status; owns the
+    /// per-colour upstream clients.
     tracker: Arc<Tracker>,
-    /// hyper-util's pooled client: keep-alive connections per backend.
-    client: Client<HttpConnector, Incoming>,
     /// Limit on waiting for a backend's response headers (→ 504).
     response_timeout: Duration,
 }
@@ -51,26 +90,10 @@ pub enum ProxyBody {
 // === impl Proxy ===
 
 impl Proxy {
-    pub fn new(
-        snapshot: Arc<ArcSwap<Snapshot>>,
-        tracker: Arc<Tracker>,
-        upstream: &UpstreamConfig,
-    ) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(upstream.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(upstream.idle_timeout)
-            .pool_max_idle_per_host(upstream.max_idle_per_backend)
-            .http1_writev(false)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, tracker: Arc<Tracker>, upstream: &UpstreamConfig) -> Proxy {
         Proxy {
             snapshot,
             tracker,
-            client,
             response_timeout: upstream.response_timeout,
         }
     }
@@ -87,55 +110,62 @@ impl Proxy {
         }
     }
 
-    async fn try_forward(
-        &self,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn try_forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
         let in_flight = {
             // The guard is dropped before the first await: no snapshot is held across I/O.
             let snap = self.snapshot.load();
             let color = snap.route(&req);
-            let backend = snap
-                .pool(color)
-                .pick()
-                .ok_or(ProxyError::NoBackend { color })?;
+            let backend = snap.pool(color).pick().ok_or(ProxyError::NoBackend { color })?;
             self.tracker.start(color, backend)
         };
-        prepare_request(&mut req, peer, &in_flight);
+        // RFC 9110 §7.8: Upgrade is hop-by-hop, so it is re-sent to the backend only when
+        // the client asked for it with `Connection: upgrade` (HTTP/1.1 only).
+        let upgrade = upgrade_request(&req);
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        prepare_request(&mut req, peer, &in_flight, upgrade.clone());
 
         let backend = in_flight.backend();
         let color = in_flight.color();
-        let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await
-        {
+        let sent = self.tracker.upstreams().clients[color.index()].load().request(req);
+        let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
+            Ok(Ok(resp)) => resp,
             Err(_) => {
+                backend.record(false);
                 return Err(ProxyError::Timeout {
                     backend: backend.address.clone(),
                     color,
                     after: self.response_timeout,
                 });
             }
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(ProxyError::Connect {
-                    backend: backend.address.clone(),
-                    color,
-                    cause: error_chain(&e),
-                });
-            }
             Ok(Err(e)) => {
-                return Err(ProxyError::Upstream {
-                    backend: backend.address.clone(),
-                    color,
-                    cause: error_chain(&e),
+                backend.record(false);
+                let (backend, cause) = (backend.address.clone(), error_chain(&e));
+                return Err(if e.is_connect() {
+                    ProxyError::Connect { backend, color, cause }
+                } else {
+                    ProxyError::Upstream { backend, color, cause }
                 });
             }
-            Ok(Ok(resp)) => resp,
         };
+        backend.record(!resp.status().is_server_error());
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let (Some(client_upgrade), Some(protocol)) = (client_upgrade, upgrade)
+        {
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            spawn_tunnel(&in_flight, client_upgrade, backend_upgrade);
+            let headers = resp.headers_mut();
+            let accepted = headers.get(header::UPGRADE).cloned().unwrap_or(protocol);
+            headers::strip_hop_by_hop(headers);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, accepted);
+            headers.append(header::VIA, headers::VIA_VALUE.clone());
+            // The 101 has no body; the request is done, the tunnel is counted on its own.
+            return Ok(resp.map(|_| ProxyBody::Local(None)));
+        }
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        parts
-            .headers
-            .append(header::VIA, headers::VIA_VALUE.clone());
+        parts.headers.append(header::VIA, headers::VIA_VALUE.clone());
         Ok(Response::from_parts(
             parts,
             ProxyBody::Upstream {
@@ -146,10 +176,56 @@ impl Proxy {
     }
 }
 
+/// The `Upgrade` value of an HTTP/1.1 request that asks to upgrade (RFC 9110 §7.8:
+/// `Upgrade` plus the `upgrade` option in `Connection`).
+fn upgrade_request<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let upgrade = req.headers().get(header::UPGRADE)?;
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| upgrade.clone())
+}
+
+/// Joins the client's and the backend's upgraded connections into a byte tunnel that
+/// is counted against the colour and closed at that colour's drain deadline.
+fn spawn_tunnel(in_flight: &InFlight, client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+    let tunnel = in_flight.tracker().open_tunnel(in_flight.color());
+    let address = in_flight.backend().address.clone();
+    tokio::spawn(async move {
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(backend = %address, error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
+                if let Err(e) = copied {
+                    tracing::debug!(backend = %address, error = %e, "tunnel ended with an error");
+                }
+            }
+            () = tunnel.cancel.cancelled() => {
+                tunnel.closed_by_drain();
+                tracing::debug!(backend = %address, "tunnel closed at the drain deadline");
+            }
+        }
+        drop(tunnel);
+    });
+}
+
 /// Rewrites a client request for the chosen backend: hop-by-hop headers out,
 /// X-Forwarded-* and Via in, HTTP/1.1 to the backend with the client's Host kept, and
 /// the URI pointed at the backend (origin-form on the wire).
-fn prepare_request(req: &mut Request<Incoming>, peer: SocketAddr, in_flight: &InFlight) {
+fn prepare_request(req: &mut Request<Incoming>, peer: SocketAddr, in_flight: &InFlight, upgrade: Option<HeaderValue>) {
     // HTTP/2 (and absolute-form HTTP/1) carry the host in the URI; HTTP/1 in Host.
     let host = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
@@ -161,6 +237,10 @@ fn prepare_request(req: &mut Request<Incoming>, peer: SocketAddr, in_flight: &In
     headers::add_forwarded(headers, peer.ip(), "http", host.clone());
     if let Some(host) = host {
         headers.insert(header::HOST, host);
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
     }
     *req.version_mut() = Version::HTTP_11;
 

@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::drain::Tracker;
 use crate::listener;
 use crate::pool::Pool;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Upstreams};
+use crate::health;
 use crate::snapshot::{Color, Snapshot};
 use crate::switchboard::{self, StateReport, Switchboard};
 
@@ -32,6 +33,10 @@ pub struct Server {
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     /// How long in-flight requests get after shutdown starts.
     grace: Duration,
+    /// For closing tunnels at the drain deadline on shutdown.
+    tracker: Arc<Tracker>,
+    /// Both pools, for starting their health checkers.
+    pools: [Arc<Pool>; 2],
 }
 
 /// Why the server could not start.
@@ -69,8 +74,10 @@ impl Server {
             previous: state.previous,
             pools: [pool(Color::Blue)?, pool(Color::Green)?],
         };
+        let pools = snapshot.pools.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
-        let tracker = Arc::new(Tracker::default());
+        let upstreams = Arc::new(Upstreams::new(&config.upstream));
+        let tracker = Arc::new(Tracker::new(config.drain_timeout, upstreams));
         let proxy = Arc::new(Proxy::new(
             Arc::clone(&snapshot),
             Arc::clone(&tracker),
@@ -78,12 +85,13 @@ impl Server {
         ));
         let switchboard = Arc::new(Switchboard::new(
             snapshot,
+            Arc::clone(&tracker),
             config.state_file.clone(),
             report,
         ));
         let admin = Arc::new(Admin {
             switchboard,
-            tracker,
+            tracker: Arc::clone(&tracker),
         });
 
         let proxy_listener = listener::bind(config.listen.address)
@@ -100,6 +108,8 @@ impl Server {
             admin,
             builder: Arc::new(listener::connection_builder(&config.listen)),
             grace: config.shutdown_grace,
+            tracker,
+            pools,
         })
     }
 
@@ -119,6 +129,8 @@ impl Server {
         let admin_task = tokio::spawn(admin::serve(self.admin_listener, self.admin, async {
             let _ = admin_stopped.await;
         }));
+        let mut checkers = tokio::task::JoinSet::new();
+        health::spawn_checkers(&self.pools, &mut checkers);
         let addr = self.proxy_listener.local_addr().ok();
         tracing::info!(proxy = ?addr, admin = %self.admin_path.display(), "cutover is serving");
 
@@ -129,12 +141,27 @@ impl Server {
             grace = ?self.grace,
             "shutting down: no new connections; waiting for in-flight requests"
         );
-        if tokio::time::timeout(self.grace, connections.shutdown())
-            .await
-            .is_err()
-        {
+        // HTTP/1 connections finish their response with `Connection: close`, HTTP/2 ones
+        // get GOAWAY; tunnels get the drain deadline, as after a switch.
+        let tracker = Arc::clone(&self.tracker);
+        let everything_done = async move {
+            let tunnels = async {
+                let deadline = tokio::time::Instant::now() + tracker.timeout;
+                while tracker.total_tunnels() > 0 {
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::info!(tunnels = tracker.total_tunnels(), "drain deadline: closing tunnels");
+                        tracker.close_all_tunnels();
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            };
+            tokio::join!(connections.shutdown(), tunnels);
+        };
+        if tokio::time::timeout(self.grace, everything_done).await.is_err() {
             tracing::warn!(grace = ?self.grace, "grace period over; closing the remaining connections");
+            self.tracker.close_all_tunnels();
         }
+        checkers.shutdown().await;
         let _ = stop_admin.send(());
         if let Ok(admin_connections) = admin_task.await {
             let _ =

@@ -11,7 +11,9 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::drain::Tracker;
 use crate::error::SwitchError;
+use crate::health::{self, GateReport};
 use crate::snapshot::{Color, Snapshot};
 
 /// The part of the routing state that survives a restart.
@@ -51,9 +53,33 @@ pub struct Change {
     pub changed: bool,
 }
 
+/// What a switch would do, without doing it (`dry_run`), or what it did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub from: Color,
+    pub to: Color,
+    pub generation: u64,
+    /// The gate verdict on the target pool.
+    pub gate: GateReport,
+    /// Requests and tunnels of the current live colour that would drain.
+    pub drain_in_flight: usize,
+    pub drain_tunnels: usize,
+}
+
+/// A switch request as the admin API received it.
+#[derive(Debug, Clone, Copy)]
+pub struct SwitchRequest {
+    pub to: Color,
+    pub expect_generation: Option<u64>,
+    /// Skip the gate (logged as forced).
+    pub force: bool,
+}
+
 pub struct Switchboard {
     /// The one routing pointer the proxy reads per request.
     snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Draining starts for the colour that stops being live, stops for the one that starts.
+    tracker: Arc<Tracker>,
     /// Where each change is persisted before it is applied; `None` = in memory only.
     state_file: Option<PathBuf>,
     /// Serialises writers: compare, persist and swap happen as one step.
@@ -66,11 +92,13 @@ pub struct Switchboard {
 impl Switchboard {
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
+        tracker: Arc<Tracker>,
         state_file: Option<PathBuf>,
         report: StateReport,
     ) -> Self {
         Switchboard {
             snapshot,
+            tracker,
             state_file,
             write: Mutex::new(()),
             report,
@@ -85,24 +113,50 @@ impl Switchboard {
         &self.report
     }
 
-    /// Makes `to` live, if `expect_generation` (when given) is still current.
-    pub async fn switch(
-        &self,
-        to: Color,
-        expect_generation: Option<u64>,
-        caller: Caller,
-    ) -> Result<Change, SwitchError> {
-        self.change("switch", expect_generation, caller, |_| Ok(to))
+    /// Makes `req.to` live, if `expect_generation` (when given) is still current and the
+    /// target pool passes the gate (unless forced).
+    pub async fn switch(&self, req: SwitchRequest, caller: Caller) -> Result<Change, SwitchError> {
+        let check = |cur: &Snapshot| {
+            if !req.force && req.to != cur.live {
+                let report = health::gate(cur.pool(req.to));
+                if !report.passed {
+                    return Err(SwitchError::Gate { to: req.to, report });
+                }
+            }
+            Ok(req.to)
+        };
+        self.change("switch", req.expect_generation, req.force, caller, check)
             .await
     }
 
+    /// What `switch` would do now, changing nothing: the gate per backend and what
+    /// would drain, with the error the real call would get, if any.
+    pub fn plan(&self, req: SwitchRequest) -> (Plan, Option<SwitchError>) {
+        let cur = self.snapshot.load_full();
+        let gate = health::gate(cur.pool(req.to));
+        let changes = req.to != cur.live;
+        let plan = Plan {
+            from: cur.live,
+            to: req.to,
+            generation: cur.generation + u64::from(changes),
+            drain_in_flight: if changes { self.tracker.in_flight(cur.live) } else { 0 },
+            drain_tunnels: if changes { self.tracker.tunnels(cur.live) } else { 0 },
+            gate: gate.clone(),
+        };
+        let refusal = match req.expect_generation {
+            Some(expected) if expected != cur.generation => Some(SwitchError::StaleGeneration {
+                expected,
+                actual: cur.generation,
+            }),
+            _ if changes && !req.force && !gate.passed => Some(SwitchError::Gate { to: req.to, report: gate }),
+            _ => None,
+        };
+        (plan, refusal)
+    }
+
     /// Makes the previously live colour live again. No gate or wait stands in its way.
-    pub async fn rollback(
-        &self,
-        expect_generation: Option<u64>,
-        caller: Caller,
-    ) -> Result<Change, SwitchError> {
-        self.change("rollback", expect_generation, caller, |cur| {
+    pub async fn rollback(&self, expect_generation: Option<u64>, caller: Caller) -> Result<Change, SwitchError> {
+        self.change("rollback", expect_generation, false, caller, |cur| {
             cur.previous.ok_or(SwitchError::NoPrevious)
         })
         .await
@@ -112,6 +166,7 @@ impl Switchboard {
         &self,
         action: &'static str,
         expect_generation: Option<u64>,
+        forced: bool,
         caller: Caller,
         target: impl FnOnce(&Snapshot) -> Result<Color, SwitchError>,
     ) -> Result<Change, SwitchError> {
@@ -141,15 +196,15 @@ impl Switchboard {
                 previous: next.previous,
                 generation: next.generation,
             };
-            persist(path.clone(), state)
-                .await
-                .map_err(|source| SwitchError::Persist {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+            persist(path.clone(), state).await.map_err(|source| SwitchError::Persist {
+                path: path.display().to_string(),
+                source,
+            })?;
         }
         let generation = next.generation;
         self.snapshot.store(Arc::new(next));
+        self.tracker.abort_drain(to);
+        self.tracker.begin_drain(current.live);
         tracing::info!(
             target: "cutover::audit",
             action,
@@ -158,7 +213,7 @@ impl Switchboard {
             to = %to,
             old_generation = current.generation,
             generation,
-            forced = false,
+            forced,
             "routing changed"
         );
         Ok(Change {

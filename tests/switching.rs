@@ -139,9 +139,10 @@ async fn a_slow_request_in_flight_on_blue_when_the_switch_happens_completes_from
     let answer = slow.await.expect("slow task");
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.text(), "blue");
-    let status = proxy.status().await;
+    let status = proxy
+        .wait_until("blue to finish draining", |s| s["pools"]["blue"]["role"] == "idle")
+        .await;
     assert_eq!(status["pools"]["blue"]["in_flight"], 0);
-    assert_eq!(status["pools"]["blue"]["role"], "idle");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -255,6 +255,19 @@ impl Proxy {
         body
     }
 
+    /// Polls `/status` until `cond` holds (up to 10 s); returns that status.
+    pub async fn wait_until(&self, what: &str, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.status().await;
+            if cond(&status) {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}: {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn status(&self) -> serde_json::Value {
         let (status, body) = self.admin(Method::GET, "/status", "").await;
         assert_eq!(status, StatusCode::OK);

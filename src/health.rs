@@ -1,0 +1,175 @@
+//! Active health checks and the cutover gate.
+//!
+//! Each backend of a pool with a `[pools.X.health]` table gets a task that sends
+//! `GET path` on a fresh connection every `interval`. A backend goes down after `fall`
+//! consecutive failures (at once if its very first check fails, so a backend that is
+//! down at start never gets traffic) and comes back after `rise` consecutive successes.
+//! State lives in the shared [`Backend`], so swaps never reset it.
+//!
+//! The gate: a switch to a pool needs `min_healthy` (default: all) backends that are
+//! healthy, verified by `rise` checks, not ejected, and healthy for at least `warmup`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use crate::config::HealthConfig;
+use crate::pool::{Backend, Pool};
+
+/// The gate's verdict on one pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateReport {
+    pub passed: bool,
+    /// Backends that count (healthy, verified, warm).
+    pub ready: usize,
+    /// Backends needed.
+    pub required: usize,
+    pub backends: Vec<GateBackend>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateBackend {
+    pub address: String,
+    pub ready: bool,
+    /// Why it does not count, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Starts one checker per backend of each pool that has health checks.
+pub fn spawn_checkers(pools: &[Arc<Pool>], tasks: &mut JoinSet<()>) {
+    for pool in pools {
+        let Some(config) = &pool.config.health else { continue };
+        for backend in &pool.backends {
+            tasks.spawn(check_loop(Arc::clone(backend), config.clone()));
+        }
+    }
+}
+
+async fn check_loop(backend: Arc<Backend>, config: HealthConfig) {
+    let mut interval = tokio::time::interval(config.interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut successes, mut failures, mut first) = (0u32, 0u32, true);
+    loop {
+        interval.tick().await;
+        match probe(&backend, &config).await {
+            Ok(()) => {
+                successes += 1;
+                failures = 0;
+                if successes >= config.rise && backend.healthy_for().is_none() {
+                    backend.set_health(true, true, None);
+                    tracing::info!(backend = %backend.address, "health: up");
+                }
+            }
+            Err(reason) => {
+                failures += 1;
+                successes = 0;
+                if backend.is_healthy() && (failures >= config.fall || first) {
+                    tracing::warn!(backend = %backend.address, %reason, "health: down");
+                    backend.set_health(false, false, Some(reason));
+                } else {
+                    tracing::debug!(backend = %backend.address, %reason, "health check failed");
+                    backend.note_problem(reason);
+                }
+            }
+        }
+        first = false;
+    }
+}
+
+/// One check: GET on a fresh connection within `timeout`. `Err` says why in a few words.
+async fn probe(backend: &Backend, config: &HealthConfig) -> Result<(), String> {
+    let attempt = async {
+        let stream = tokio::net::TcpStream::connect(backend.address.as_str())
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => "refused".to_owned(),
+                _ => format!("connect failed: {e}"),
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake failed: {e}"))?;
+        tokio::spawn(conn);
+        let req = Request::get(config.path.as_str())
+            .header(header::HOST, backend.address.as_str())
+            .header(header::USER_AGENT, "cutover-health")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = tx.send_request(req).await.map_err(|e| format!("no answer: {e}"))?;
+        let code = resp.status().as_u16();
+        let (lo, hi) = config.expect_status;
+        if (lo..=hi).contains(&code) {
+            Ok(())
+        } else {
+            Err(format!("status {code}"))
+        }
+    };
+    match tokio::time::timeout(config.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("timeout after {:?}", config.timeout)),
+    }
+}
+
+/// The gate for a switch to `pool`.
+pub fn gate(pool: &Pool) -> GateReport {
+    let warmup = pool.config.warmup;
+    let backends: Vec<GateBackend> = pool
+        .backends
+        .iter()
+        .map(|b| {
+            let reason = not_ready_reason(b, warmup);
+            GateBackend {
+                address: b.address.clone(),
+                ready: reason.is_none(),
+                reason,
+            }
+        })
+        .collect();
+    let ready = backends.iter().filter(|b| b.ready).count();
+    let required = pool.config.min_healthy.unwrap_or(pool.backends.len());
+    GateReport {
+        passed: ready >= required,
+        ready,
+        required,
+        backends,
+    }
+}
+
+fn not_ready_reason(b: &Backend, warmup: Duration) -> Option<String> {
+    if b.is_ejected() {
+        return Some("ejected after consecutive failures".to_owned());
+    }
+    match b.healthy_for() {
+        None => Some(b.problem().unwrap_or_else(|| "unhealthy".to_owned())),
+        Some(up) if up < warmup => Some(format!(
+            "not yet warm (healthy for {:.1}s of {:?})",
+            up.as_secs_f64(),
+            warmup
+        )),
+        Some(_) => None,
+    }
+}
+
+impl GateReport {
+    /// One line naming each backend that fails and why.
+    pub fn summary(&self) -> String {
+        let failing: Vec<String> = self
+            .backends
+            .iter()
+            .filter_map(|b| b.reason.as_ref().map(|r| format!("{} ({r})", b.address)))
+            .collect();
+        format!(
+            "{} of {} required backends ready; not ready: {}",
+            self.ready,
+            self.required,
+            failing.join(", ")
+        )
+    }
+}
