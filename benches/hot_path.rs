@@ -4,15 +4,17 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request};
 
-use cutover::config::PoolConfig;
+use cutover::config::{PoolConfig, UpstreamConfig};
 use cutover::drain::Tracker;
 use cutover::headers;
 use cutover::pool::Pool;
+use cutover::proxy::Upstreams;
 use cutover::snapshot::{Color, Snapshot};
 
 fn snapshot() -> Snapshot {
@@ -20,7 +22,16 @@ fn snapshot() -> Snapshot {
         let backends = (0..4)
             .map(|i| format!("10.0.0.{}:{}", i + 1, base))
             .collect();
-        Arc::new(Pool::build(&PoolConfig { backends }, &[]).expect("valid"))
+        Arc::new(
+            Pool::build(
+                &PoolConfig {
+                    backends,
+                    ..PoolConfig::default()
+                },
+                &[],
+            )
+            .expect("valid"),
+        )
     };
     Snapshot {
         generation: 1,
@@ -32,7 +43,8 @@ fn snapshot() -> Snapshot {
 
 fn route_and_pick(c: &mut Criterion) {
     let swap = ArcSwap::from_pointee(snapshot());
-    let tracker = Arc::new(Tracker::default());
+    let upstreams = Arc::new(Upstreams::new(&UpstreamConfig::default()));
+    let tracker = Arc::new(Tracker::new(Duration::from_secs(30), upstreams));
     let req = Request::get("/api/items?page=2").body(()).expect("request");
     c.bench_function("route + pick + in-flight guard", |b| {
         b.iter(|| {

@@ -483,10 +483,18 @@ fn pools(raw: BTreeMap<String, RawPool>, problems: &mut Vec<Problem>) -> Option<
             problem(
                 problems,
                 &format!("{key}.min_healthy"),
-                format!("{n} is out of range; use 1 to {} (the pool's size)", pool.backends.len()),
+                format!(
+                    "{n} is out of range; use 1 to {} (the pool's size)",
+                    pool.backends.len()
+                ),
             );
         }
-        let warmup = duration(problems, &format!("{key}.warmup"), pool.warmup, Duration::ZERO);
+        let warmup = duration(
+            problems,
+            &format!("{key}.warmup"),
+            pool.warmup,
+            Duration::ZERO,
+        );
         let health = pool.health.map(|h| health(h, &key, problems));
         let ejection = ejection(pool.ejection, &key, problems);
         out[color.index()] = Some(PoolConfig {
@@ -514,10 +522,24 @@ fn health(raw: RawHealth, pool: &str, problems: &mut Vec<Problem>) -> HealthConf
     let key = |k: &str| format!("{pool}.health.{k}");
     let path = raw.path.unwrap_or_else(|| "/".to_owned());
     if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
-        problem(problems, &key("path"), format!("{path:?} is not a request path; write e.g. \"/healthz\""));
+        problem(
+            problems,
+            &key("path"),
+            format!("{path:?} is not a request path; write e.g. \"/healthz\""),
+        );
     }
-    let interval = duration(problems, &key("interval"), raw.interval, Duration::from_secs(2));
-    let timeout = duration(problems, &key("timeout"), raw.timeout, Duration::from_secs(1));
+    let interval = duration(
+        problems,
+        &key("interval"),
+        raw.interval,
+        Duration::from_secs(2),
+    );
+    let timeout = duration(
+        problems,
+        &key("timeout"),
+        raw.timeout,
+        Duration::from_secs(1),
+    );
     let expect_status = match raw.expect_status.as_deref().map(status_range) {
         None => (200, 399),
         Some(Some(range)) => range,
@@ -549,7 +571,10 @@ fn health(raw: RawHealth, pool: &str, problems: &mut Vec<Problem>) -> HealthConf
 /// `"200-399"` or `"204"` → an inclusive range of valid statuses.
 fn status_range(text: &str) -> Option<(u16, u16)> {
     let (lo, hi) = text.split_once('-').unwrap_or((text, text));
-    let (lo, hi) = (lo.trim().parse::<u16>().ok()?, hi.trim().parse::<u16>().ok()?);
+    let (lo, hi) = (
+        lo.trim().parse::<u16>().ok()?,
+        hi.trim().parse::<u16>().ok()?,
+    );
     ((100..=599).contains(&lo) && (lo..=599).contains(&hi)).then_some((lo, hi))
 }
 
@@ -557,11 +582,20 @@ fn ejection(raw: RawEjection, pool: &str, problems: &mut Vec<Problem>) -> Ejecti
     let d = EjectionConfig::default();
     let max_percent = raw.max_percent.unwrap_or(d.max_percent);
     if max_percent > 100 {
-        problem(problems, &format!("{pool}.ejection.max_percent"), format!("{max_percent} is over 100"));
+        problem(
+            problems,
+            &format!("{pool}.ejection.max_percent"),
+            format!("{max_percent} is over 100"),
+        );
     }
     EjectionConfig {
         consecutive_failures: raw.consecutive_failures.unwrap_or(d.consecutive_failures),
-        base_time: duration(problems, &format!("{pool}.ejection.base_time"), raw.base_time, d.base_time),
+        base_time: duration(
+            problems,
+            &format!("{pool}.ejection.base_time"),
+            raw.base_time,
+            d.base_time,
+        ),
         max_percent,
     }
 }

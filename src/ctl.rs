@@ -18,7 +18,10 @@ use crate::snapshot::Color;
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     #[error("cannot reach cutover at {path}: {source}; is it running? (pass --socket PATH)")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("admin connection failed: {0}")]
     Http(#[from] hyper::Error),
     #[error("refused ({status}): {message}")]
@@ -28,7 +31,12 @@ pub enum CtlError {
 }
 
 /// One admin call: the answer's JSON on 2xx, the server's error message otherwise.
-pub async fn call(socket: &Path, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<Bytes, CtlError> {
+pub async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Bytes, CtlError> {
     let (status, bytes) = call_raw(socket, method, path, body).await?;
     if status.is_success() {
         return Ok(bytes);
@@ -47,10 +55,12 @@ pub async fn call_raw(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<(StatusCode, Bytes), CtlError> {
-    let stream = UnixStream::connect(socket).await.map_err(|source| CtlError::Connect {
-        path: socket.to_owned(),
-        source,
-    })?;
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| CtlError::Connect {
+            path: socket.to_owned(),
+            source,
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -76,18 +86,42 @@ pub fn parse_status(bytes: &[u8]) -> Result<Status, CtlError> {
 pub fn render_status(s: &Status) -> String {
     let mut out = String::new();
     let previous = s.previous.map_or("-", Color::as_str);
-    let _ = writeln!(out, "live: {}   generation: {}   previous: {}", s.live, s.generation, previous);
+    let _ = writeln!(
+        out,
+        "live: {}   generation: {}   previous: {}",
+        s.live, s.generation, previous
+    );
     if let Some(err) = &s.state.error {
         let _ = writeln!(out, "state file problem: {err}");
     }
-    let _ = writeln!(out, "{}", row("COLOUR", "ROLE", "HEALTHY", "IN-FLIGHT", "TUNNELS", "BACKEND", "STATE"));
+    let _ = writeln!(
+        out,
+        "{}",
+        row(
+            "COLOUR",
+            "ROLE",
+            "HEALTHY",
+            "IN-FLIGHT",
+            "TUNNELS",
+            "BACKEND",
+            "STATE"
+        )
+    );
     for (color, pool) in [(Color::Blue, &s.pools.blue), (Color::Green, &s.pools.green)] {
         render_pool(&mut out, color, pool);
     }
     out
 }
 
-fn row(color: &str, role: &str, healthy: &str, in_flight: &str, tunnels: &str, backend: &str, state: &str) -> String {
+fn row(
+    color: &str,
+    role: &str,
+    healthy: &str,
+    in_flight: &str,
+    tunnels: &str,
+    backend: &str,
+    state: &str,
+) -> String {
     format!("{color:<7} {role:<9} {healthy:>7} {in_flight:>9} {tunnels:>7}  {backend:<22} {state}")
 }
 
@@ -101,7 +135,15 @@ fn render_pool(out: &mut String, color: Color, pool: &PoolStatus) {
             (false, false) => "down",
         };
         let line = if i == 0 {
-            row(color.as_str(), &pool.role, &healthy, &in_flight, &tunnels, &b.address, state)
+            row(
+                color.as_str(),
+                &pool.role,
+                &healthy,
+                &in_flight,
+                &tunnels,
+                &b.address,
+                state,
+            )
         } else {
             row("", "", "", "", "", &b.address, state)
         };
@@ -163,7 +205,10 @@ pub fn render_plan(code: StatusCode, bytes: &[u8]) -> Result<String, CtlError> {
     let v: serde_json::Value = serde_json::from_slice(bytes).map_err(decode)?;
     let plan = &v["plan"];
     let gate: GateReport = serde_json::from_value(plan["gate"].clone()).map_err(decode)?;
-    let (from, to) = (plan["from"].as_str().unwrap_or("?"), plan["to"].as_str().unwrap_or("?"));
+    let (from, to) = (
+        plan["from"].as_str().unwrap_or("?"),
+        plan["to"].as_str().unwrap_or("?"),
+    );
     let mut out = String::new();
     let verdict = if code.is_success() {
         "would be accepted".to_owned()
@@ -174,9 +219,16 @@ pub fn render_plan(code: StatusCode, bytes: &[u8]) -> Result<String, CtlError> {
     if let Some(err) = v["error"].as_str() {
         let _ = writeln!(out, "  {err}");
     }
-    let _ = writeln!(out, "gate: {} of {} required backends ready", gate.ready, gate.required);
+    let _ = writeln!(
+        out,
+        "gate: {} of {} required backends ready",
+        gate.ready, gate.required
+    );
     for b in &gate.backends {
-        let state = b.reason.as_deref().map_or("ready".to_owned(), |r| format!("not ready: {r}"));
+        let state = b
+            .reason
+            .as_deref()
+            .map_or("ready".to_owned(), |r| format!("not ready: {r}"));
         let _ = writeln!(out, "  {:<26} {state}", b.address);
     }
     let _ = writeln!(

@@ -190,7 +190,13 @@ impl Tracker {
         }
     }
 
-    async fn drain(self: Arc<Self>, color: Color, epoch: u64, deadline: Instant, cancel: CancellationToken) {
+    async fn drain(
+        self: Arc<Self>,
+        color: Color,
+        epoch: u64,
+        deadline: Instant,
+        cancel: CancellationToken,
+    ) {
         let mut deadline_passed = false;
         loop {
             if self.lock(color).epoch != epoch {
@@ -226,7 +232,9 @@ impl Tracker {
 
     fn lock(&self, color: Color) -> std::sync::MutexGuard<'_, ColorDrain> {
         // A panic while holding this lock cannot leave the counters inconsistent.
-        self.drains[color.index()].lock().unwrap_or_else(|e| e.into_inner())
+        self.drains[color.index()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 

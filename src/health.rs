@@ -45,7 +45,9 @@ pub struct GateBackend {
 /// Starts one checker per backend of each pool that has health checks.
 pub fn spawn_checkers(pools: &[Arc<Pool>], tasks: &mut JoinSet<()>) {
     for pool in pools {
-        let Some(config) = &pool.config.health else { continue };
+        let Some(config) = &pool.config.health else {
+            continue;
+        };
         for backend in &pool.backends {
             tasks.spawn(check_loop(Arc::clone(backend), config.clone()));
         }
@@ -102,7 +104,10 @@ async fn probe(backend: &Backend, config: &HealthConfig) -> Result<(), String> {
             .header(header::USER_AGENT, "cutover-health")
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let resp = tx.send_request(req).await.map_err(|e| format!("no answer: {e}"))?;
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| format!("no answer: {e}"))?;
         let code = resp.status().as_u16();
         let (lo, hi) = config.expect_status;
         if (lo..=hi).contains(&code) {

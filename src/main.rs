@@ -200,7 +200,11 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ctl_command(socket: &std::path::Path, json: bool, command: CtlCommand) -> anyhow::Result<()> {
+async fn ctl_command(
+    socket: &std::path::Path,
+    json: bool,
+    command: CtlCommand,
+) -> anyhow::Result<()> {
     let (path, body, wait) = match command {
         CtlCommand::Status => {
             let bytes = ctl::call(socket, Method::GET, "/status", None).await?;
@@ -249,7 +253,11 @@ async fn ctl_command(socket: &std::path::Path, json: bool, command: CtlCommand) 
 }
 
 /// Prints what a switch would do; exits non-zero when the real call would be refused.
-async fn dry_run_command(socket: &std::path::Path, json: bool, body: serde_json::Value) -> anyhow::Result<()> {
+async fn dry_run_command(
+    socket: &std::path::Path,
+    json: bool,
+    body: serde_json::Value,
+) -> anyhow::Result<()> {
     let (code, bytes) = ctl::call_raw(socket, Method::POST, "/switch", Some(body)).await?;
     if json {
         print!("{}", String::from_utf8_lossy(&bytes));

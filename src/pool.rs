@@ -72,7 +72,11 @@ pub fn epoch_ms() -> u64 {
 
 impl Backend {
     /// `address` must be a validated `host:port` (see `config`).
-    fn new(address: &str, ejection: Arc<EjectionState>, probed: bool) -> Result<Backend, http::uri::InvalidUri> {
+    fn new(
+        address: &str,
+        ejection: Arc<EjectionState>,
+        probed: bool,
+    ) -> Result<Backend, http::uri::InvalidUri> {
         Ok(Backend {
             address: address.to_owned(),
             authority: address.parse()?,
@@ -177,7 +181,9 @@ impl Backend {
         let max = state.size * state.policy.max_percent as usize / 100;
         let reserved = state
             .ejected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
         if reserved.is_err() {
             tracing::warn!(backend = %self.address, max, "would eject, but the pool's ejection cap is reached");
             return;
@@ -213,7 +219,10 @@ impl BackendGuard {
 impl Pool {
     /// Builds a pool, reusing a backend from `existing` where the address matches so
     /// its state carries over.
-    pub fn build(config: &PoolConfig, existing: &[Arc<Backend>]) -> Result<Pool, http::uri::InvalidUri> {
+    pub fn build(
+        config: &PoolConfig,
+        existing: &[Arc<Backend>],
+    ) -> Result<Pool, http::uri::InvalidUri> {
         let ejection = Arc::new(EjectionState {
             policy: config.ejection.clone(),
             ejected: AtomicUsize::new(0),
@@ -224,7 +233,9 @@ impl Pool {
             .iter()
             .map(|addr| match existing.iter().find(|b| &b.address == addr) {
                 Some(b) => Ok(Arc::clone(b)),
-                None => Backend::new(addr, Arc::clone(&ejection), config.health.is_some()).map(Arc::new),
+                None => {
+                    Backend::new(addr, Arc::clone(&ejection), config.health.is_some()).map(Arc::new)
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Pool {
@@ -268,9 +279,14 @@ mod tests {
 
     #[test]
     fn pick_rotates_and_skips_unhealthy_backends() {
-        let p = pool(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], EjectionConfig::default());
+        let p = pool(
+            &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
+            EjectionConfig::default(),
+        );
         p.backends[1].set_health(false, false, Some("refused".into()));
-        let picked: Vec<&str> = (0..4).map(|_| p.pick().expect("healthy").address.as_str()).collect();
+        let picked: Vec<&str> = (0..4)
+            .map(|_| p.pick().expect("healthy").address.as_str())
+            .collect();
         assert!(!picked.contains(&"127.0.0.1:2"));
         assert!(picked.contains(&"127.0.0.1:1") && picked.contains(&"127.0.0.1:3"));
         for b in &p.backends {

@@ -90,7 +90,11 @@ pub enum ProxyBody {
 // === impl Proxy ===
 
 impl Proxy {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, tracker: Arc<Tracker>, upstream: &UpstreamConfig) -> Proxy {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        tracker: Arc<Tracker>,
+        upstream: &UpstreamConfig,
+    ) -> Proxy {
         Proxy {
             snapshot,
             tracker,
@@ -110,12 +114,19 @@ impl Proxy {
         }
     }
 
-    async fn try_forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn try_forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let in_flight = {
             // The guard is dropped before the first await: no snapshot is held across I/O.
             let snap = self.snapshot.load();
             let color = snap.route(&req);
-            let backend = snap.pool(color).pick().ok_or(ProxyError::NoBackend { color })?;
+            let backend = snap
+                .pool(color)
+                .pick()
+                .ok_or(ProxyError::NoBackend { color })?;
             self.tracker.start(color, backend)
         };
         // RFC 9110 §7.8: Upgrade is hop-by-hop, so it is re-sent to the backend only when
@@ -126,7 +137,9 @@ impl Proxy {
 
         let backend = in_flight.backend();
         let color = in_flight.color();
-        let sent = self.tracker.upstreams().clients[color.index()].load().request(req);
+        let sent = self.tracker.upstreams().clients[color.index()]
+            .load()
+            .request(req);
         let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
             Ok(Ok(resp)) => resp,
             Err(_) => {
@@ -141,9 +154,17 @@ impl Proxy {
                 backend.record(false);
                 let (backend, cause) = (backend.address.clone(), error_chain(&e));
                 return Err(if e.is_connect() {
-                    ProxyError::Connect { backend, color, cause }
+                    ProxyError::Connect {
+                        backend,
+                        color,
+                        cause,
+                    }
                 } else {
-                    ProxyError::Upstream { backend, color, cause }
+                    ProxyError::Upstream {
+                        backend,
+                        color,
+                        cause,
+                    }
                 });
             }
         };
@@ -165,7 +186,9 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.append(header::VIA, headers::VIA_VALUE.clone());
+        parts
+            .headers
+            .append(header::VIA, headers::VIA_VALUE.clone());
         Ok(Response::from_parts(
             parts,
             ProxyBody::Upstream {
@@ -195,7 +218,11 @@ fn upgrade_request<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// Joins the client's and the backend's upgraded connections into a byte tunnel that
 /// is counted against the colour and closed at that colour's drain deadline.
-fn spawn_tunnel(in_flight: &InFlight, client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+fn spawn_tunnel(
+    in_flight: &InFlight,
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+) {
     let tunnel = in_flight.tracker().open_tunnel(in_flight.color());
     let address = in_flight.backend().address.clone();
     tokio::spawn(async move {
@@ -225,7 +252,12 @@ fn spawn_tunnel(in_flight: &InFlight, client: hyper::upgrade::OnUpgrade, backend
 /// Rewrites a client request for the chosen backend: hop-by-hop headers out,
 /// X-Forwarded-* and Via in, HTTP/1.1 to the backend with the client's Host kept, and
 /// the URI pointed at the backend (origin-form on the wire).
-fn prepare_request(req: &mut Request<Incoming>, peer: SocketAddr, in_flight: &InFlight, upgrade: Option<HeaderValue>) {
+fn prepare_request(
+    req: &mut Request<Incoming>,
+    peer: SocketAddr,
+    in_flight: &InFlight,
+    upgrade: Option<HeaderValue>,
+) {
     // HTTP/2 (and absolute-form HTTP/1) carry the host in the URI; HTTP/1 in Host.
     let host = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()

@@ -15,10 +15,10 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::drain::Tracker;
+use crate::health;
 use crate::listener;
 use crate::pool::Pool;
 use crate::proxy::{Proxy, Upstreams};
-use crate::health;
 use crate::snapshot::{Color, Snapshot};
 use crate::switchboard::{self, StateReport, Switchboard};
 
@@ -149,7 +149,10 @@ impl Server {
                 let deadline = tokio::time::Instant::now() + tracker.timeout;
                 while tracker.total_tunnels() > 0 {
                     if tokio::time::Instant::now() >= deadline {
-                        tracing::info!(tunnels = tracker.total_tunnels(), "drain deadline: closing tunnels");
+                        tracing::info!(
+                            tunnels = tracker.total_tunnels(),
+                            "drain deadline: closing tunnels"
+                        );
                         tracker.close_all_tunnels();
                     }
                     tokio::time::sleep(Duration::from_millis(25)).await;
@@ -157,7 +160,10 @@ impl Server {
             };
             tokio::join!(connections.shutdown(), tunnels);
         };
-        if tokio::time::timeout(self.grace, everything_done).await.is_err() {
+        if tokio::time::timeout(self.grace, everything_done)
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?self.grace, "grace period over; closing the remaining connections");
             self.tracker.close_all_tunnels();
         }

@@ -139,8 +139,16 @@ impl Switchboard {
             from: cur.live,
             to: req.to,
             generation: cur.generation + u64::from(changes),
-            drain_in_flight: if changes { self.tracker.in_flight(cur.live) } else { 0 },
-            drain_tunnels: if changes { self.tracker.tunnels(cur.live) } else { 0 },
+            drain_in_flight: if changes {
+                self.tracker.in_flight(cur.live)
+            } else {
+                0
+            },
+            drain_tunnels: if changes {
+                self.tracker.tunnels(cur.live)
+            } else {
+                0
+            },
             gate: gate.clone(),
         };
         let refusal = match req.expect_generation {
@@ -148,14 +156,21 @@ impl Switchboard {
                 expected,
                 actual: cur.generation,
             }),
-            _ if changes && !req.force && !gate.passed => Some(SwitchError::Gate { to: req.to, report: gate }),
+            _ if changes && !req.force && !gate.passed => Some(SwitchError::Gate {
+                to: req.to,
+                report: gate,
+            }),
             _ => None,
         };
         (plan, refusal)
     }
 
     /// Makes the previously live colour live again. No gate or wait stands in its way.
-    pub async fn rollback(&self, expect_generation: Option<u64>, caller: Caller) -> Result<Change, SwitchError> {
+    pub async fn rollback(
+        &self,
+        expect_generation: Option<u64>,
+        caller: Caller,
+    ) -> Result<Change, SwitchError> {
         self.change("rollback", expect_generation, false, caller, |cur| {
             cur.previous.ok_or(SwitchError::NoPrevious)
         })
@@ -196,10 +211,12 @@ impl Switchboard {
                 previous: next.previous,
                 generation: next.generation,
             };
-            persist(path.clone(), state).await.map_err(|source| SwitchError::Persist {
-                path: path.display().to_string(),
-                source,
-            })?;
+            persist(path.clone(), state)
+                .await
+                .map_err(|source| SwitchError::Persist {
+                    path: path.display().to_string(),
+                    source,
+                })?;
         }
         let generation = next.generation;
         self.snapshot.store(Arc::new(next));

@@ -140,7 +140,9 @@ async fn a_slow_request_in_flight_on_blue_when_the_switch_happens_completes_from
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.text(), "blue");
     let status = proxy
-        .wait_until("blue to finish draining", |s| s["pools"]["blue"]["role"] == "idle")
+        .wait_until("blue to finish draining", |s| {
+            s["pools"]["blue"]["role"] == "idle"
+        })
         .await;
     assert_eq!(status["pools"]["blue"]["in_flight"], 0);
 }

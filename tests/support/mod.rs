@@ -6,6 +6,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,21 +37,101 @@ use cutover::server::Server;
 ///
 /// Every answer carries `x-backend: NAME`.
 pub async fn backend(name: &'static str) -> SocketAddr {
+    TestBackend::start(name).await.addr
+}
+
+/// A backend (see [`backend`]) with handles on its state: `/healthz` answers 200 while
+/// `healthy` is set and 500 otherwise; `hits` counts every other request; `conns`
+/// counts open connections.
+#[derive(Clone)]
+pub struct TestBackend {
+    pub addr: SocketAddr,
+    pub healthy: Arc<AtomicBool>,
+    pub hits: Arc<AtomicUsize>,
+    pub conns: Arc<AtomicUsize>,
+}
+
+impl TestBackend {
+    pub async fn start(name: &'static str) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let b = TestBackend {
+            addr: listener.local_addr().expect("backend addr"),
+            healthy: Arc::new(AtomicBool::new(true)),
+            hits: Arc::new(AtomicUsize::new(0)),
+            conns: Arc::new(AtomicUsize::new(0)),
+        };
+        let state = b.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s = state.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let s = s.clone();
+                    async move {
+                        if req.uri().path() == "/healthz" {
+                            let ok = s.healthy.load(Ordering::SeqCst);
+                            let mut r = text(if ok { "ok" } else { "sick" }.to_owned());
+                            *r.status_mut() = if ok {
+                                StatusCode::OK
+                            } else {
+                                StatusCode::INTERNAL_SERVER_ERROR
+                            };
+                            return Ok::<_, Infallible>(r);
+                        }
+                        s.hits.fetch_add(1, Ordering::SeqCst);
+                        Ok(answer(name, req).await)
+                    }
+                });
+                let conns = state.conns.clone();
+                conns.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    conns.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        b
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
+}
+
+/// A WebSocket echo backend: every text message comes back as `NAME:message`.
+pub async fn ws_backend(name: &'static str) -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("bind backend");
-    let addr = listener.local_addr().expect("backend addr");
+        .expect("bind ws backend");
+    let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let service =
-                service_fn(move |req| async move { Ok::<_, Infallible>(answer(name, req).await) });
             tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                        let reply = format!("{name}:{}", t.as_str());
+                        if ws.send(reply.into()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
             });
         }
     });
@@ -166,6 +248,17 @@ pub struct Proxy {
 
 /// The config text for a proxy on 127.0.0.1:0 with these pools; `extra` is appended.
 pub fn config_text(dir: &Path, blue: &[SocketAddr], green: &[SocketAddr], extra: &str) -> String {
+    config_text_with(dir, blue, green, "", extra)
+}
+
+/// As [`config_text`], with `green_keys` added to the `[pools.green]` table.
+pub fn config_text_with(
+    dir: &Path,
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
+    green_keys: &str,
+    extra: &str,
+) -> String {
     let list = |addrs: &[SocketAddr]| {
         addrs
             .iter()
@@ -175,7 +268,7 @@ pub fn config_text(dir: &Path, blue: &[SocketAddr], green: &[SocketAddr], extra:
     };
     format!(
         "[listen]\naddress = \"127.0.0.1:0\"\n\n[admin]\nsocket = \"{}\"\n\n\
-         [pools.blue]\nbackends = [{}]\n\n[pools.green]\nbackends = [{}]\n\n\
+         [pools.blue]\nbackends = [{}]\n\n[pools.green]\nbackends = [{}]\n{green_keys}\n\n\
          [routing]\nlive = \"blue\"\n{extra}\n",
         dir.join("admin.sock").display(),
         list(blue),
@@ -189,6 +282,18 @@ impl Proxy {
         Proxy::start_in(dir, blue, green, extra).await
     }
 
+    /// Starts a proxy with `green_keys` in the `[pools.green]` table.
+    pub async fn start_with(
+        blue: &[SocketAddr],
+        green: &[SocketAddr],
+        green_keys: &str,
+        extra: &str,
+    ) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = config_text_with(dir.path(), blue, green, green_keys, extra);
+        Proxy::from_text(dir, &text).await
+    }
+
     /// Starts a proxy whose files (socket, and a state file if `extra` names one) live
     /// in `dir`.
     pub async fn start_in(
@@ -198,7 +303,11 @@ impl Proxy {
         extra: &str,
     ) -> Proxy {
         let text = config_text(dir.path(), blue, green, extra);
-        let config = Config::parse(&text, Path::new("test.toml")).expect("test config is valid");
+        Proxy::from_text(dir, &text).await
+    }
+
+    async fn from_text(dir: tempfile::TempDir, text: &str) -> Proxy {
+        let config = Config::parse(text, Path::new("test.toml")).expect("test config is valid");
         let server = Server::bind(config).await.expect("proxy binds");
         let addr = server.proxy_addr().expect("proxy addr");
         let socket = server.admin_socket().to_owned();
@@ -256,14 +365,21 @@ impl Proxy {
     }
 
     /// Polls `/status` until `cond` holds (up to 10 s); returns that status.
-    pub async fn wait_until(&self, what: &str, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let status = self.status().await;
             if cond(&status) {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}: {status}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {status}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

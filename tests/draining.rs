@@ -1,0 +1,136 @@
+//! After a switch the old colour drains: its requests finish on it, then its idle
+//! upstream connections are closed.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use support::{Proxy, TestBackend, get};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_slow_requests_in_flight_on_blue_at_a_switch_all_complete_from_blue_while_new_requests_go_to_green()
+ {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(&[blue.addr], &[green.addr], "").await;
+
+    let slow: Vec<_> = (0..10)
+        .map(|_| {
+            let addr = proxy.addr;
+            tokio::spawn(async move { get(addr, "/slow?ms=3000").await })
+        })
+        .collect();
+    proxy
+        .wait_until("ten requests in flight on blue", |s| {
+            s["pools"]["blue"]["in_flight"] == 10
+        })
+        .await;
+
+    let switched = proxy.switch("green").await;
+    assert_eq!(switched["pools"]["blue"]["role"], "draining");
+    assert_eq!(switched["pools"]["blue"]["in_flight"], 10);
+    for _ in 0..5 {
+        assert_eq!(get(proxy.addr, "/").await.text(), "green");
+    }
+
+    for request in slow {
+        let answer = request.await.expect("slow request task");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.text(), "blue");
+    }
+    let status = proxy
+        .wait_until("blue drained", |s| s["pools"]["blue"]["role"] == "idle")
+        .await;
+    assert_eq!(status["pools"]["blue"]["in_flight"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_blue_has_drained_its_idle_upstream_connections_are_closed() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(&[blue.addr], &[green.addr], "").await;
+    // Several concurrent requests leave several idle keep-alive connections to blue.
+    let warm: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = proxy.addr;
+            tokio::spawn(async move { get(addr, "/slow?ms=100").await })
+        })
+        .collect();
+    for w in warm {
+        assert_eq!(w.await.expect("task").text(), "blue");
+    }
+    assert!(
+        blue.conns.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "no pooled connection to blue"
+    );
+
+    proxy.switch("green").await;
+    proxy
+        .wait_until("blue drained", |s| s["pools"]["blue"]["role"] == "idle")
+        .await;
+    // Well before the 90 s pool idle timeout, blue sees its connections closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while blue.conns.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle connections to blue were left open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(proxy.addr, "/").await.text(), "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_switch_wait_returns_once_blues_in_flight_count_reaches_zero_and_shows_it_falling() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(&[blue.addr], &[green.addr], "").await;
+    let slow: Vec<_> = [600u64, 1200, 1800]
+        .into_iter()
+        .map(|ms| {
+            let addr = proxy.addr;
+            tokio::spawn(async move { get(addr, &format!("/slow?ms={ms}")).await })
+        })
+        .collect();
+    proxy
+        .wait_until("three requests in flight on blue", |s| {
+            s["pools"]["blue"]["in_flight"] == 3
+        })
+        .await;
+
+    let socket = proxy.socket.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(["ctl", "--socket", &socket, "switch", "green", "--wait"])
+            .output()
+            .expect("run ctl")
+    })
+    .await
+    .expect("ctl task");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // It returned only once blue was empty...
+    assert_eq!(proxy.status().await["pools"]["blue"]["in_flight"], 0);
+    for s in slow {
+        assert_eq!(s.await.expect("task").text(), "blue");
+    }
+    // ...and showed the count falling on the way.
+    let counts: Vec<u32> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("draining blue: "))
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(counts.len() >= 2, "progress lines: {stdout}");
+    assert!(
+        counts.windows(2).all(|w| w[0] > w[1]),
+        "count did not fall: {counts:?}\n{stdout}"
+    );
+    assert_eq!(counts.first(), Some(&3), "{stdout}");
+    assert!(stdout.contains("blue drained"), "{stdout}");
+}

@@ -1,0 +1,199 @@
+//! The real `cutover run` process: signals, the audit log, and `ctl` against it.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::{TestBackend, get};
+
+struct Running {
+    child: Child,
+    addr: std::net::SocketAddr,
+    socket: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+async fn start(
+    blue: &[std::net::SocketAddr],
+    green: &[std::net::SocketAddr],
+    extra: &str,
+) -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let text = support::config_text(dir.path(), blue, green, extra)
+        .replace("127.0.0.1:0", &addr.to_string());
+    let config = dir.path().join("cutover.toml");
+    std::fs::write(&config, text).expect("write config");
+    let log = dir.path().join("cutover.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("CUTOVER_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start cutover");
+    let socket = dir.path().join("admin.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() || !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "cutover did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Running {
+        child,
+        addr,
+        socket,
+        log,
+        _dir: dir,
+    }
+}
+
+fn ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run ctl")
+}
+
+fn sigterm(child: &Child) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_slow_requests_lets_them_complete_refuses_new_connections_and_exits_0() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let mut proxy = start(&[blue.addr], &[green.addr], "").await;
+
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = proxy.addr;
+            tokio::spawn(async move { get(addr, "/slow?ms=1500").await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, status) = support::admin(&proxy.socket, http::Method::GET, "/status", "").await;
+        if status["pools"]["blue"]["in_flight"] == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slow requests never showed up: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    sigterm(&proxy.child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
+        "a new connection was accepted after SIGTERM"
+    );
+    for s in slow {
+        let answer = s.await.expect("slow request");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.text(), "blue");
+    }
+    let exit = tokio::task::spawn_blocking(move || proxy.child.wait())
+        .await
+        .expect("join")
+        .expect("wait for cutover");
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_switch_past_the_gate_is_audited_as_forced_and_dry_run_explains_the_refusal() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    green.set_healthy(false);
+    let health =
+        "[pools.green.health]\npath = \"/healthz\"\ninterval = \"50ms\"\nrise = 1\nfall = 1";
+    let mut proxy = start(&[blue.addr], &[green.addr], health).await;
+    let socket = proxy.socket.clone();
+    let green_addr = green.addr.to_string();
+
+    let out = tokio::task::spawn_blocking({
+        let socket = socket.clone();
+        move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let out = ctl(&socket, &["switch", "green", "--dry-run"]);
+                if String::from_utf8_lossy(&out.stdout).contains("status 500")
+                    || Instant::now() > deadline
+                {
+                    return out;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    })
+    .await
+    .expect("ctl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a dry run of a refused switch exits non-zero"
+    );
+    assert!(
+        stdout.contains("REFUSED") && stdout.contains(&green_addr) && stdout.contains("status 500"),
+        "{stdout}"
+    );
+
+    let (refused, forced) = tokio::task::spawn_blocking({
+        let socket = socket.clone();
+        move || {
+            (
+                ctl(&socket, &["switch", "green"]),
+                ctl(&socket, &["switch", "green", "--force"]),
+            )
+        }
+    })
+    .await
+    .expect("ctl");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(&green_addr));
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+
+    sigterm(&proxy.child);
+    tokio::task::spawn_blocking(move || proxy.child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    let log = std::fs::read_to_string(&proxy.log).expect("log");
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cutover::audit"))
+        .collect();
+    assert_eq!(audit.len(), 1, "one audit line per change: {log}");
+    assert!(
+        audit[0].contains("forced=true")
+            && audit[0].contains("to=green")
+            && audit[0].contains("uid="),
+        "{}",
+        audit[0]
+    );
+}
