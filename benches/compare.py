@@ -16,7 +16,7 @@ CONNS = 64
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUTOVER = os.path.join(ROOT, "target/release/cutover")
 LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
-PORTS = {"upstream": 18080, "haproxy": 18081, "nginx": 18082, "cutover": 18083}
+PORTS = {"upstream": 18080, "haproxy": 18081, "nginx": 18082, "cutover": 18083, "cutover-nometrics": 18084}
 EXTRA = os.environ.get("CUTOVER_BENCH_EXTRA", "")  # extra TOML for cutover's config
 PROXY_CPU, LOAD_CPU = "0", ("1" if os.cpu_count() and os.cpu_count() > 1 else "0")
 CLK = os.sysconf("SC_CLK_TCK")
@@ -161,11 +161,12 @@ backend be
   server s1 127.0.0.1:{PORTS['upstream']}
 """)
         procs["haproxy"] = start(PROXY_CPU, ["haproxy", "-db", "-f", hap])
-        cfg = write(os.path.join(work, "cutover.toml"), f"""
+        def cutover(name, metrics):
+            cfg = write(os.path.join(work, f"{name}.toml"), f"""
 [listen]
-address = "127.0.0.1:{PORTS['cutover']}"
+address = "127.0.0.1:{PORTS[name]}"
 [admin]
-socket = "{work}/cutover.sock"
+socket = "{work}/{name}.sock"
 [pools.blue]
 backends = ["127.0.0.1:{PORTS['upstream']}"]
 [pools.green]
@@ -174,16 +175,20 @@ backends = ["localhost:{PORTS['upstream']}"]
 live = "blue"
 [runtime]
 workers = 1
+[metrics]
+enabled = {"true" if metrics else "false"}
 {EXTRA}
 """)
-        env_log = open(os.path.join(work, "cutover.log"), "w")
-        procs["cutover"] = subprocess.Popen(["taskset", "-c", PROXY_CPU, CUTOVER, "run", "--config", cfg],
-                                            stdout=subprocess.DEVNULL, stderr=env_log, start_new_session=True,
-                                            env=dict(os.environ, CUTOVER_LOG="warn"))
+            log = open(os.path.join(work, f"{name}.log"), "w")
+            return subprocess.Popen(["taskset", "-c", PROXY_CPU, CUTOVER, "run", "--config", cfg],
+                                    stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+                                    env=dict(os.environ, CUTOVER_LOG="warn"))
+        procs["cutover"] = cutover("cutover", True)
+        procs["cutover-nometrics"] = cutover("cutover-nometrics", False)
         for name, port in PORTS.items():
             wait_port(port)
 
-        targets = ["direct", "haproxy", "nginx", "cutover"]
+        targets = ["direct", "haproxy", "nginx", "cutover", "cutover-nometrics"]
         port_of = {"direct": PORTS["upstream"], **{t: PORTS[t] for t in targets[1:]}}
         proc_of = {"direct": procs["upstream"], **{t: procs[t] for t in targets[1:]}}
         cpu_of = {t: (PROXY_CPU if t == "direct" else LOAD_CPU) for t in targets}
@@ -200,7 +205,7 @@ workers = 1
                 c1 = cpu_seconds(proc_of[t])
                 closed[t].append(res)
                 cpu[t].append((c1 - c0) * 1e6 / max(res["total"], 1))
-                print(f"round {r+1} closed {t:8} {res['rps']:>9.0f} req/s  p50 {res['p50']:.3f} ms  "
+                print(f"round {r+1} closed {t:17} {res['rps']:>9.0f} req/s  p50 {res['p50']:.3f} ms  "
                       f"p99 {res['p99']:.3f} ms  cpu {cpu[t][-1]:.1f} us/req  errors {res['errors']} {res['sock']}",
                       file=sys.stderr)
 
@@ -212,7 +217,7 @@ workers = 1
             for t in targets:
                 res = openloop(port_of[t], cpu_of[t], rate)
                 fixed[t].append(res)
-                print(f"round {r+1} fixed  {t:8} {res.get('rate', 0):>9.0f} req/s  p99 {res.get('p99_us', 0)/1000:.3f} ms  "
+                print(f"round {r+1} fixed  {t:17} {res.get('rate', 0):>9.0f} req/s  p99 {res.get('p99_us', 0)/1000:.3f} ms  "
                       f"p99.9 {res.get('p999_us', 0)/1000:.3f} ms  errors {res.get('errors', 0):.0f}", file=sys.stderr)
 
         idle = {t: idle_rss(proc_of[t], port_of[t]) for t in targets[1:]}

@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderValue, Request};
 use cutover::config::{PoolConfig, UpstreamConfig};
 use cutover::drain::Tracker;
 use cutover::headers;
+use cutover::metrics::Telemetry;
 use cutover::pool::Pool;
 use cutover::proxy::Upstreams;
 use cutover::snapshot::{Color, Snapshot};
@@ -43,17 +44,28 @@ fn snapshot() -> Snapshot {
 
 fn route_and_pick(c: &mut Criterion) {
     let swap = ArcSwap::from_pointee(snapshot());
-    let upstreams = Arc::new(Upstreams::new(&UpstreamConfig::default()));
-    let tracker = Arc::new(Tracker::new(Duration::from_secs(30), upstreams));
     let req = Request::get("/api/items?page=2").body(()).expect("request");
-    c.bench_function("route + pick + in-flight guard", |b| {
-        b.iter(|| {
-            let snap = swap.load();
-            let color = snap.route(black_box(&req));
-            let backend = snap.pool(color).pick().expect("healthy backend");
-            black_box(tracker.start(color, backend));
-        })
-    });
+    for (name, recording) in [
+        ("route + pick + in-flight guard (metrics off)", false),
+        (
+            "route + pick + in-flight guard + recording (metrics on)",
+            true,
+        ),
+    ] {
+        let upstreams = Arc::new(Upstreams::new(&UpstreamConfig::default()));
+        let telemetry = Arc::new(Telemetry::new(recording, None));
+        let tracker = Arc::new(Tracker::new(Duration::from_secs(30), upstreams, telemetry));
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let snap = swap.load();
+                let color = snap.route(black_box(&req));
+                let backend = snap.pool(color).pick().expect("healthy backend");
+                let mut guard = tracker.start(color, backend);
+                guard.status = 200;
+                black_box(guard);
+            })
+        });
+    }
 }
 
 fn swap(c: &mut Criterion) {

@@ -21,6 +21,7 @@ use tokio::net::UnixListener;
 use crate::drain::Tracker;
 use crate::error::{AdminError, SwitchError};
 use crate::snapshot::{Color, Snapshot};
+use crate::stats::Window;
 use crate::switchboard::{Caller, StateReport, SwitchRequest, Switchboard};
 
 /// What the admin handlers share.
@@ -82,6 +83,9 @@ pub struct PoolStatus {
     /// RFC 3339 times, while draining.
     pub draining_since: Option<String>,
     pub drain_deadline: Option<String>,
+    /// Requests/s, error rate and latency over the last 10 s and 60 s.
+    pub window_10s: Window,
+    pub window_60s: Window,
     pub healthy: usize,
     pub total: usize,
     pub backends: Vec<BackendStatus>,
@@ -250,6 +254,8 @@ impl Admin {
             closed_by_drain: drain.closed_by_drain,
             draining_since: drain.draining_since.map(rfc3339),
             drain_deadline: drain.deadline.map(rfc3339),
+            window_10s: self.tracker.telemetry().stats.window(color, 10),
+            window_60s: self.tracker.telemetry().stats.window(color, 60),
             healthy: pool.healthy_count(),
             total: pool.backends.len(),
             backends: pool
@@ -268,30 +274,44 @@ impl Admin {
 
     fn metrics(&self) -> Response<Full<Bytes>> {
         let snap = self.switchboard.snapshot();
-        let mut text = String::new();
-        text.push_str("# HELP cutover_live_color 1 for the colour that receives traffic.\n");
-        text.push_str("# TYPE cutover_live_color gauge\n");
-        for color in Color::ALL {
-            let v = u8::from(snap.live == color);
-            text.push_str(&format!("cutover_live_color{{color=\"{color}\"}} {v}\n"));
-        }
-        text.push_str("# HELP cutover_routing_generation Generation of the routing snapshot.\n");
-        text.push_str("# TYPE cutover_routing_generation gauge\n");
-        text.push_str(&format!("cutover_routing_generation {}\n", snap.generation));
-        text.push_str("# HELP cutover_in_flight_requests Requests in flight per colour.\n");
-        text.push_str("# TYPE cutover_in_flight_requests gauge\n");
-        for color in Color::ALL {
-            let n = self.tracker.in_flight(color);
-            text.push_str(&format!(
-                "cutover_in_flight_requests{{color=\"{color}\"}} {n}\n"
-            ));
-        }
+        let text = self.tracker.telemetry().render(&snap, &self.tracker);
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         );
         resp
+    }
+}
+
+/// Serves `GET /metrics` (the same text as on the admin socket) on a TCP listener, for
+/// Prometheus. Nothing else is served there.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let admin = Arc::clone(&admin);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let admin = Arc::clone(&admin);
+            async move {
+                let resp = if req.uri().path() == "/metrics" && req.method() == Method::GET {
+                    admin.metrics()
+                } else {
+                    json(
+                        StatusCode::NOT_FOUND,
+                        &serde_json::json!({ "error": "only GET /metrics is served here" }),
+                    )
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 

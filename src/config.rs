@@ -30,6 +30,19 @@ pub struct Config {
     pub workers: usize,
     /// After a switch, how long the old colour's upgraded tunnels may stay open.
     pub drain_timeout: Duration,
+    pub metrics: MetricsConfig,
+    /// Where the access log goes (`-` = stdout); `None` = no access log.
+    pub access_log: Option<PathBuf>,
+    /// Add `x-cutover-color` to responses, naming the colour that served them.
+    pub color_header: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Per-request recording (counters, histograms, windowed stats).
+    pub enabled: bool,
+    /// Also serve `GET /metrics` on this TCP address, for a Prometheus scrape.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +176,9 @@ struct RawConfig {
     runtime: RawRuntime,
     #[serde(default)]
     drain: RawDrain,
+    #[serde(default)]
+    metrics: RawMetrics,
+    access_log: Option<RawAccessLog>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +241,21 @@ struct RawDrain {
 #[serde(deny_unknown_fields)]
 struct RawRouting {
     live: String,
+    #[serde(default)]
+    color_header: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    enabled: Option<bool>,
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    path: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -305,6 +336,12 @@ impl Config {
             shutdown_grace: DEFAULT_GRACE,
             workers: default_workers(),
             drain_timeout: DEFAULT_DRAIN,
+            metrics: MetricsConfig {
+                enabled: true,
+                listen: None,
+            },
+            access_log: None,
+            color_header: true,
         }
     }
 }
@@ -361,6 +398,28 @@ fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
 
     let pools = pools(raw.pools, problems);
 
+    let metrics_listen = raw.metrics.listen.as_deref().and_then(|text| {
+        let parsed = text.parse::<SocketAddr>();
+        if parsed.is_err() {
+            problem(
+                problems,
+                "metrics.listen",
+                format!("{text:?} is not an IP:port address; write e.g. \"127.0.0.1:9090\""),
+            );
+        }
+        parsed.ok()
+    });
+    if raw
+        .access_log
+        .as_ref()
+        .is_some_and(|a| a.path.as_os_str().is_empty())
+    {
+        problem(
+            problems,
+            "access_log.path",
+            "must be a file path or \"-\" for stdout".into(),
+        );
+    }
     let initial_live = raw.routing.live.parse::<Color>().map_err(|_| {
         problem(
             problems,
@@ -426,6 +485,12 @@ fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         shutdown_grace,
         workers,
         drain_timeout: duration(problems, "drain.timeout", raw.drain.timeout, DEFAULT_DRAIN),
+        metrics: MetricsConfig {
+            enabled: raw.metrics.enabled.unwrap_or(true),
+            listen: metrics_listen,
+        },
+        access_log: raw.access_log.map(|a| a.path),
+        color_header: raw.routing.color_header,
     })
 }
 

@@ -82,7 +82,9 @@ pub fn parse_status(bytes: &[u8]) -> Result<Status, CtlError> {
     serde_json::from_slice(bytes).map_err(|e| CtlError::Decode(e.to_string()))
 }
 
-/// The human view of a status: a header line and one row per backend, under 80 columns.
+/// The human view of a status, under 80 columns: a header line, one row per colour
+/// (role, backends healthy/total, then the last 10 s: req/s, error %, p50/p99 ms, and
+/// in-flight requests and tunnels now), then one row per backend.
 pub fn render_status(s: &Status) -> String {
     let mut out = String::new();
     let previous = s.previous.map_or("-", Color::as_str);
@@ -96,58 +98,83 @@ pub fn render_status(s: &Status) -> String {
     }
     let _ = writeln!(
         out,
-        "{}",
-        row(
-            "COLOUR",
-            "ROLE",
-            "HEALTHY",
-            "IN-FLIGHT",
-            "TUNNELS",
-            "BACKEND",
-            "STATE"
-        )
+        "{:<6} {:<8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>9} {:>7}",
+        "COLOUR", "ROLE", "BACKENDS", "REQ/S", "ERR%", "P50 ms", "P99 ms", "IN-FLIGHT", "TUNNELS"
     );
-    for (color, pool) in [(Color::Blue, &s.pools.blue), (Color::Green, &s.pools.green)] {
-        render_pool(&mut out, color, pool);
+    let pools = [(Color::Blue, &s.pools.blue), (Color::Green, &s.pools.green)];
+    for (color, p) in pools {
+        let w = &p.window_10s;
+        let _ = writeln!(
+            out,
+            "{:<6} {:<8} {:>8} {:>8.1} {:>6.1} {:>8.1} {:>8.1} {:>9} {:>7}",
+            color.as_str(),
+            p.role,
+            format!("{}/{}", p.healthy, p.total),
+            w.requests_per_second,
+            w.error_rate * 100.0,
+            w.p50_ms,
+            w.p99_ms,
+            p.in_flight,
+            p.tunnels
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<6} {:<28} {:<8} {:>9}  PROBLEM",
+        "COLOUR", "BACKEND", "STATE", "IN-FLIGHT"
+    );
+    for (color, p) in pools {
+        render_backends(&mut out, color, p);
     }
     out
 }
 
-fn row(
-    color: &str,
-    role: &str,
-    healthy: &str,
-    in_flight: &str,
-    tunnels: &str,
-    backend: &str,
-    state: &str,
-) -> String {
-    format!("{color:<7} {role:<9} {healthy:>7} {in_flight:>9} {tunnels:>7}  {backend:<22} {state}")
-}
-
-fn render_pool(out: &mut String, color: Color, pool: &PoolStatus) {
-    let healthy = format!("{}/{}", pool.healthy, pool.total);
-    let (in_flight, tunnels) = (pool.in_flight.to_string(), pool.tunnels.to_string());
-    for (i, b) in pool.backends.iter().enumerate() {
+fn render_backends(out: &mut String, color: Color, pool: &PoolStatus) {
+    for b in &pool.backends {
         let state = match (b.healthy, b.ejected) {
             (true, _) => "up",
             (false, true) => "ejected",
             (false, false) => "down",
         };
-        let line = if i == 0 {
-            row(
-                color.as_str(),
-                &pool.role,
-                &healthy,
-                &in_flight,
-                &tunnels,
-                &b.address,
-                state,
-            )
-        } else {
-            row("", "", "", "", "", &b.address, state)
-        };
+        let mut problem = b.problem.clone().unwrap_or_default();
+        problem.truncate(20);
+        let line = format!(
+            "{:<6} {:<28} {:<8} {:>9}  {problem}",
+            color.as_str(),
+            b.address,
+            state,
+            b.in_flight
+        );
         let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+/// `ctl top`: the status table redrawn every second in place until interrupted; with
+/// `json`, one compact status object per line.
+pub async fn top(socket: &Path, json: bool) -> Result<(), CtlError> {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let bytes = call(socket, Method::GET, "/status", None).await?;
+        let frame = if json {
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| CtlError::Decode(e.to_string()))?;
+            format!("{v}\n")
+        } else {
+            // Home the cursor and clear the screen, then draw.
+            format!("\x1b[H\x1b[2J{}", render_status(&parse_status(&bytes)?))
+        };
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        if stdout
+            .write_all(frame.as_bytes())
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            // The reader went away (`ctl top | head`): that is the end, not an error.
+            return Ok(());
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Telemetry;
 use crate::pool::{Backend, BackendGuard};
 use crate::proxy::Upstreams;
 use crate::snapshot::Color;
@@ -36,6 +37,8 @@ pub struct Tracker {
     pub timeout: Duration,
     /// The per-colour upstream clients, reset when a colour has drained.
     upstreams: Arc<Upstreams>,
+    /// Where finished requests are recorded.
+    telemetry: Arc<Telemetry>,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +66,21 @@ pub struct InFlight {
     tracker: Arc<Tracker>,
     color: Color,
     backend: BackendGuard,
+    /// When routing decided; `None` when nothing records durations.
+    started: Option<Instant>,
+    /// The status sent to the client; 0 until one is known.
+    pub status: u16,
+    /// Response body bytes streamed to the client.
+    pub bytes: u64,
+    /// What the access log line needs from the request, when the log is on.
+    pub access: Option<Box<AccessEntry>>,
+}
+
+/// The request half of an access log line, captured only when the log is on.
+pub struct AccessEntry {
+    pub method: http::Method,
+    pub target: String,
+    pub peer: std::net::SocketAddr,
 }
 
 /// One open tunnel; the token is cancelled at its colour's drain deadline.
@@ -75,8 +93,9 @@ pub struct Tunnel {
 // === impl Tracker ===
 
 impl Tracker {
-    pub fn new(timeout: Duration, upstreams: Arc<Upstreams>) -> Tracker {
+    pub fn new(timeout: Duration, upstreams: Arc<Upstreams>, telemetry: Arc<Telemetry>) -> Tracker {
         Tracker {
+            telemetry,
             in_flight: Default::default(),
             tunnels: Default::default(),
             closed_by_drain: Default::default(),
@@ -88,6 +107,10 @@ impl Tracker {
 
     pub fn upstreams(&self) -> &Upstreams {
         &self.upstreams
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     pub fn in_flight(&self, color: Color) -> usize {
@@ -102,10 +125,15 @@ impl Tracker {
     #[inline]
     pub fn start(self: &Arc<Self>, color: Color, backend: &Arc<Backend>) -> InFlight {
         self.in_flight[color.index()].fetch_add(1, Ordering::Relaxed);
+        let timed = self.telemetry.enabled() || self.telemetry.access_log.is_some();
         InFlight {
             tracker: Arc::clone(self),
             color,
             backend: backend.track(),
+            started: timed.then(Instant::now),
+            status: 0,
+            bytes: 0,
+            access: None,
         }
     }
 
@@ -257,6 +285,26 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.tracker.in_flight[self.color.index()].fetch_sub(1, Ordering::Relaxed);
+        let Some(started) = self.started else { return };
+        let elapsed = started.elapsed();
+        let telemetry = &self.tracker.telemetry;
+        telemetry.finish(self.color, self.status, elapsed);
+        if let (Some(log), Some(entry)) = (&telemetry.access_log, self.access.take()) {
+            let line = serde_json::json!({
+                "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                "peer": entry.peer.to_string(),
+                "method": entry.method.as_str(),
+                "target": entry.target,
+                "color": self.color,
+                "backend": self.backend.backend().address,
+                "status": self.status,
+                "duration_ms": elapsed.as_secs_f64() * 1000.0,
+                "bytes": self.bytes,
+            });
+            if !log.log(line.to_string()) {
+                telemetry.access_dropped();
+            }
+        }
     }
 }
 

@@ -25,6 +25,7 @@
 //! passed in as an argument, and [`config`] turns TOML into a validated
 //! [`config::Config`] or an error naming every bad key.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod ctl;
@@ -34,8 +35,10 @@ pub mod error;
 pub mod headers;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;
+pub mod stats;
 pub mod switchboard;

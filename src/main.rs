@@ -51,8 +51,10 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum CtlCommand {
-    /// Show the live colour, generation and pools.
+    /// Show the live colour, generation, pools and the last 10 s per colour.
     Status,
+    /// The status table, refreshed every second until Ctrl-C (`--json`: a line per second).
+    Top,
     /// Send all traffic to COLOUR.
     Switch {
         color: Color,
@@ -215,6 +217,7 @@ async fn ctl_command(
             }
             return Ok(());
         }
+        CtlCommand::Top => return Ok(ctl::top(socket, json).await?),
         CtlCommand::Switch {
             color,
             expect_generation,

@@ -195,6 +195,11 @@ impl Backend {
         tracing::warn!(backend = %self.address, ?cool_off, times, "ejected after consecutive failures");
     }
 
+    /// How many times this backend has been ejected since start.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
     /// Counts a request against this backend until the guard drops.
     pub fn track(self: &Arc<Self>) -> BackendGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);

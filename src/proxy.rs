@@ -20,9 +20,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::UpstreamConfig;
-use crate::drain::{InFlight, Tracker};
+use crate::drain::{AccessEntry, InFlight, Tracker};
 use crate::error::ProxyError;
 use crate::headers;
+use crate::metrics::ErrorKind;
 use crate::snapshot::{Color, Snapshot};
 
 /// The pooled upstream client of each colour. One client per colour lets a drained
@@ -74,6 +75,39 @@ pub struct Proxy {
     tracker: Arc<Tracker>,
     /// Limit on waiting for a backend's response headers (→ 504).
     response_timeout: Duration,
+    /// Whether responses carry `x-cutover-color`.
+    color_header: bool,
+}
+
+/// Names the colour that served a response, when `routing.color_header` is on.
+pub static X_CUTOVER_COLOR: http::HeaderName = http::HeaderName::from_static("x-cutover-color");
+
+/// Sorts an upstream failure for `cutover_upstream_errors_total{kind}`.
+fn error_kind(e: &hyper_util::client::legacy::Error) -> ErrorKind {
+    if e.is_connect() {
+        return ErrorKind::Connect;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return ErrorKind::Reset;
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled() || h.is_closed())
+        {
+            return ErrorKind::Reset;
+        }
+        cur = err.source();
+    }
+    ErrorKind::Protocol
 }
 
 /// The body sent back to the client: a backend's streamed body (holding the request's
@@ -94,11 +128,13 @@ impl Proxy {
         snapshot: Arc<ArcSwap<Snapshot>>,
         tracker: Arc<Tracker>,
         upstream: &UpstreamConfig,
+        color_header: bool,
     ) -> Proxy {
         Proxy {
             snapshot,
             tracker,
             response_timeout: upstream.response_timeout,
+            color_header,
         }
     }
 
@@ -119,24 +155,36 @@ impl Proxy {
         mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let in_flight = {
+        let mut in_flight = {
             // The guard is dropped before the first await: no snapshot is held across I/O.
             let snap = self.snapshot.load();
             let color = snap.route(&req);
-            let backend = snap
-                .pool(color)
-                .pick()
-                .ok_or(ProxyError::NoBackend { color })?;
+            let Some(backend) = snap.pool(color).pick() else {
+                self.tracker.telemetry().finish(color, 503, Duration::ZERO);
+                return Err(ProxyError::NoBackend { color });
+            };
             self.tracker.start(color, backend)
         };
+        if self.tracker.telemetry().access_log.is_some() {
+            in_flight.access = Some(Box::new(AccessEntry {
+                method: req.method().clone(),
+                target: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned(),
+                peer,
+            }));
+        }
         // RFC 9110 §7.8: Upgrade is hop-by-hop, so it is re-sent to the backend only when
         // the client asked for it with `Connection: upgrade` (HTTP/1.1 only).
         let upgrade = upgrade_request(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         prepare_request(&mut req, peer, &in_flight, upgrade.clone());
 
-        let backend = in_flight.backend();
+        let backend = Arc::clone(in_flight.backend());
         let color = in_flight.color();
+        let telemetry = self.tracker.telemetry();
         let sent = self.tracker.upstreams().clients[color.index()]
             .load()
             .request(req);
@@ -144,6 +192,8 @@ impl Proxy {
             Ok(Ok(resp)) => resp,
             Err(_) => {
                 backend.record(false);
+                telemetry.upstream_error(color, ErrorKind::Timeout);
+                in_flight.status = StatusCode::GATEWAY_TIMEOUT.as_u16();
                 return Err(ProxyError::Timeout {
                     backend: backend.address.clone(),
                     color,
@@ -152,6 +202,8 @@ impl Proxy {
             }
             Ok(Err(e)) => {
                 backend.record(false);
+                telemetry.upstream_error(color, error_kind(&e));
+                in_flight.status = StatusCode::BAD_GATEWAY.as_u16();
                 let (backend, cause) = (backend.address.clone(), error_chain(&e));
                 return Err(if e.is_connect() {
                     ProxyError::Connect {
@@ -169,6 +221,13 @@ impl Proxy {
             }
         };
         backend.record(!resp.status().is_server_error());
+        in_flight.status = resp.status().as_u16();
+        if self.color_header {
+            resp.headers_mut().insert(
+                X_CUTOVER_COLOR.clone(),
+                HeaderValue::from_static(color.as_str()),
+            );
+        }
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let (Some(client_upgrade), Some(protocol)) = (client_upgrade, upgrade)
@@ -181,6 +240,12 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, accepted);
             headers.append(header::VIA, headers::VIA_VALUE.clone());
+            if self.color_header {
+                headers.insert(
+                    X_CUTOVER_COLOR.clone(),
+                    HeaderValue::from_static(color.as_str()),
+                );
+            }
             // The 101 has no body; the request is done, the tunnel is counted on its own.
             return Ok(resp.map(|_| ProxyBody::Local(None)));
         }
@@ -321,6 +386,11 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Upstream { body, in_flight } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(f))), Some(guard)) = (&frame, in_flight.as_mut())
+                    && let Some(data) = f.data_ref()
+                {
+                    guard.bytes += data.len() as u64;
+                }
                 let done = match &frame {
                     Poll::Ready(None | Some(Err(_))) => true,
                     Poll::Ready(Some(Ok(_))) => body.is_end_stream(),

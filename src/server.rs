@@ -12,11 +12,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UnixListener};
 
+use crate::access_log::AccessLog;
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::drain::Tracker;
 use crate::health;
 use crate::listener;
+use crate::metrics::Telemetry;
 use crate::pool::Pool;
 use crate::proxy::{Proxy, Upstreams};
 use crate::snapshot::{Color, Snapshot};
@@ -37,6 +39,8 @@ pub struct Server {
     tracker: Arc<Tracker>,
     /// Both pools, for starting their health checkers.
     pools: [Arc<Pool>; 2],
+    /// `metrics.listen`: a TCP endpoint for Prometheus scrapes.
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Why the server could not start.
@@ -46,6 +50,8 @@ pub enum StartError {
     Listen(io::Error),
     #[error("{0}")]
     Admin(io::Error),
+    #[error("cannot start the access log: {0}")]
+    AccessLog(io::Error),
     #[error("backend address {address} is not usable: {source}")]
     Backend {
         address: String,
@@ -77,11 +83,17 @@ impl Server {
         let pools = snapshot.pools.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let upstreams = Arc::new(Upstreams::new(&config.upstream));
-        let tracker = Arc::new(Tracker::new(config.drain_timeout, upstreams));
+        let access_log = match &config.access_log {
+            Some(path) => Some(AccessLog::start(path).map_err(StartError::AccessLog)?),
+            None => None,
+        };
+        let telemetry = Arc::new(Telemetry::new(config.metrics.enabled, access_log));
+        let tracker = Arc::new(Tracker::new(config.drain_timeout, upstreams, telemetry));
         let proxy = Arc::new(Proxy::new(
             Arc::clone(&snapshot),
             Arc::clone(&tracker),
             &config.upstream,
+            config.color_header,
         ));
         let switchboard = Arc::new(Switchboard::new(
             snapshot,
@@ -97,6 +109,10 @@ impl Server {
         let proxy_listener = listener::bind(config.listen.address)
             .await
             .map_err(StartError::Listen)?;
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(listener::bind(addr).await.map_err(StartError::Listen)?),
+            None => None,
+        };
         let admin_listener = admin::bind(&config.admin.socket, config.admin.mode)
             .await
             .map_err(StartError::Admin)?;
@@ -110,12 +126,20 @@ impl Server {
             grace: config.shutdown_grace,
             tracker,
             pools,
+            metrics_listener,
         })
     }
 
     /// The bound proxy address (useful when the config said port 0).
     pub fn proxy_addr(&self) -> io::Result<SocketAddr> {
         self.proxy_listener.local_addr()
+    }
+
+    /// The bound `metrics.listen` address, when one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn admin_socket(&self) -> &Path {
@@ -126,11 +150,26 @@ impl Server {
     /// up to the grace period, and removes the admin socket.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin_task = tokio::spawn(admin::serve(self.admin_listener, self.admin, async {
-            let _ = admin_stopped.await;
-        }));
+        let admin_task = tokio::spawn(admin::serve(
+            self.admin_listener,
+            Arc::clone(&self.admin),
+            async {
+                let _ = admin_stopped.await;
+            },
+        ));
         let mut checkers = tokio::task::JoinSet::new();
         health::spawn_checkers(&self.pools, &mut checkers);
+        let telemetry_tracker = Arc::clone(&self.tracker);
+        checkers.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                telemetry_tracker.telemetry().upkeep();
+            }
+        });
+        if let Some(listener) = self.metrics_listener {
+            checkers.spawn(admin::serve_metrics(listener, Arc::clone(&self.admin)));
+        }
         let addr = self.proxy_listener.local_addr().ok();
         tracing::info!(proxy = ?addr, admin = %self.admin_path.display(), "cutover is serving");
 

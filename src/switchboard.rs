@@ -221,6 +221,9 @@ impl Switchboard {
         let generation = next.generation;
         self.snapshot.store(Arc::new(next));
         self.tracker.abort_drain(to);
+        self.tracker
+            .telemetry()
+            .switched(action == "rollback", forced);
         self.tracker.begin_drain(current.live);
         tracing::info!(
             target: "cutover::audit",

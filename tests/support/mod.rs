@@ -83,6 +83,11 @@ impl TestBackend {
                             return Ok::<_, Infallible>(r);
                         }
                         s.hits.fetch_add(1, Ordering::SeqCst);
+                        if req.uri().path() == "/flaky" && !s.healthy.load(Ordering::SeqCst) {
+                            let mut r = text("failing".to_owned());
+                            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                            return Ok(r);
+                        }
                         Ok(answer(name, req).await)
                     }
                 });
@@ -240,6 +245,8 @@ impl Body for Repeat {
 /// A running proxy with its admin socket in a temporary directory.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The TCP metrics endpoint, when `[metrics] listen` was set.
+    pub metrics: Option<SocketAddr>,
     pub socket: PathBuf,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -310,6 +317,7 @@ impl Proxy {
         let config = Config::parse(text, Path::new("test.toml")).expect("test config is valid");
         let server = Server::bind(config).await.expect("proxy binds");
         let addr = server.proxy_addr().expect("proxy addr");
+        let metrics = server.metrics_addr();
         let socket = server.admin_socket().to_owned();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
@@ -317,6 +325,7 @@ impl Proxy {
         }));
         Proxy {
             addr,
+            metrics,
             socket,
             dir,
             stop: Some(stop),
@@ -397,6 +406,39 @@ impl Drop for Proxy {
             let _ = stop.send(());
         }
     }
+}
+
+/// `GET path` on the admin socket; the status and the body as text.
+pub async fn admin_text(socket: &Path, path: &str) -> (StatusCode, String) {
+    let stream = UnixStream::connect(socket)
+        .await
+        .expect("connect admin socket");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("admin handshake");
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "cutover")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = tx.send_request(req).await.expect("admin answer");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The value of the sample whose line starts with `series` (e.g.
+/// `cutover_requests_total{color="blue",class="2xx"}`), in Prometheus text.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
 }
 
 /// One admin request over the Unix socket; the status and the parsed JSON body
