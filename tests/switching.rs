@@ -4,7 +4,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 use support::{Conn, Proxy, backend, get};
@@ -123,14 +123,11 @@ async fn a_slow_request_in_flight_on_blue_when_the_switch_happens_completes_from
     let slow = tokio::spawn(async move { get(addr, "/slow?ms=2000").await });
 
     // Wait until the slow request is counted in flight on blue, then switch.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while proxy.status().await["pools"]["blue"]["in_flight"] != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "slow request never showed up in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proxy
+        .wait_until("the slow request in flight on blue", |s| {
+            s["pools"]["blue"]["in_flight"] == 1
+        })
+        .await;
     proxy.switch("green").await;
     let status = proxy.status().await;
     assert_eq!(status["pools"]["blue"]["role"], "draining");
@@ -222,14 +219,11 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_connections() {
     let mut proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
     let addr = proxy.addr;
     let slow = tokio::spawn(async move { get(addr, "/slow?ms=1000").await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while proxy.status().await["pools"]["blue"]["in_flight"] != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "slow request never showed up in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proxy
+        .wait_until("the slow request in flight on blue", |s| {
+            s["pools"]["blue"]["in_flight"] == 1
+        })
+        .await;
     let server = proxy.begin_stop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(

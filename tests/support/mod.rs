@@ -408,8 +408,8 @@ impl Drop for Proxy {
     }
 }
 
-/// `GET path` on the admin socket; the status and the body as text.
-pub async fn admin_text(socket: &Path, path: &str) -> (StatusCode, String) {
+/// One request on the admin socket; the status and the raw body.
+async fn admin_raw(socket: &Path, method: Method, path: &str, body: &str) -> (StatusCode, Bytes) {
     let stream = UnixStream::connect(socket)
         .await
         .expect("connect admin socket");
@@ -417,13 +417,27 @@ pub async fn admin_text(socket: &Path, path: &str) -> (StatusCode, String) {
         .await
         .expect("admin handshake");
     tokio::spawn(conn);
-    let req = Request::get(path)
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "cutover")
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(Bytes::from(body.to_owned())))
         .expect("request");
     let resp = tx.send_request(req).await.expect("admin answer");
     let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        resp.into_body()
+            .collect()
+            .await
+            .expect("admin body")
+            .to_bytes(),
+    )
+}
+
+/// `GET path` on the admin socket; the status and the body as text.
+pub async fn admin_text(socket: &Path, path: &str) -> (StatusCode, String) {
+    let (status, bytes) = admin_raw(socket, Method::GET, path, "").await;
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -449,27 +463,7 @@ pub async fn admin(
     path: &str,
     body: &str,
 ) -> (StatusCode, serde_json::Value) {
-    let stream = UnixStream::connect(socket)
-        .await
-        .expect("connect admin socket");
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("admin handshake");
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "cutover")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .expect("request");
-    let resp = tx.send_request(req).await.expect("admin answer");
-    let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .expect("admin body")
-        .to_bytes();
+    let (status, bytes) = admin_raw(socket, method, path, body).await;
     let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
         panic!(
             "admin body is not JSON ({e}): {}",
