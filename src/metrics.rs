@@ -7,7 +7,6 @@
 //! describe state (in-flight, tunnels, health, live colour) are read from their
 //! sources when `/metrics` is scraped, costing the data path nothing.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ::metrics::{
@@ -283,6 +282,3 @@ fn describe(r: &PrometheusRecorder) {
     }
     r.register_gauge(&key("cutover_up", &[]), &META).set(1.0);
 }
-
-/// Shared handle type used by the proxy and admin.
-pub type SharedTelemetry = Arc<Telemetry>;

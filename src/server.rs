@@ -157,10 +157,11 @@ impl Server {
                 let _ = admin_stopped.await;
             },
         ));
-        let mut checkers = tokio::task::JoinSet::new();
-        health::spawn_checkers(&self.pools, &mut checkers);
+        // Health checkers, metrics upkeep and the TCP metrics endpoint; ended on shutdown.
+        let mut background = tokio::task::JoinSet::new();
+        health::spawn_checkers(&self.pools, &mut background);
         let telemetry_tracker = Arc::clone(&self.tracker);
-        checkers.spawn(async move {
+        background.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(5));
             loop {
                 every.tick().await;
@@ -168,7 +169,7 @@ impl Server {
             }
         });
         if let Some(listener) = self.metrics_listener {
-            checkers.spawn(admin::serve_metrics(listener, Arc::clone(&self.admin)));
+            background.spawn(admin::serve_metrics(listener, Arc::clone(&self.admin)));
         }
         let addr = self.proxy_listener.local_addr().ok();
         tracing::info!(proxy = ?addr, admin = %self.admin_path.display(), "cutover is serving");
@@ -206,7 +207,7 @@ impl Server {
             tracing::warn!(grace = ?self.grace, "grace period over; closing the remaining connections");
             self.tracker.close_all_tunnels();
         }
-        checkers.shutdown().await;
+        background.shutdown().await;
         let _ = stop_admin.send(());
         if let Ok(admin_connections) = admin_task.await {
             let _ =

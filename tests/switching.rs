@@ -236,3 +236,31 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_connections() {
     server.await.expect("server stopped cleanly");
     assert!(!proxy.socket.exists(), "admin socket removed on shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_switch_the_next_stream_on_the_same_http2_connection_is_answered_by_green() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut ask = async || {
+        let req = http::Request::get("http://app.example/")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = h2.send_request(req).await.expect("h2 response");
+        resp.into_body().collect().await.expect("body").to_bytes()
+    };
+    assert_eq!(ask().await, "blue");
+    proxy.switch("green").await;
+    // Same HTTP/2 connection, next stream: routed per stream, so green.
+    assert_eq!(ask().await, "green");
+}
