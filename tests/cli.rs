@@ -175,6 +175,55 @@ async fn ctl_switches_shows_a_table_and_exits_non_zero_with_the_servers_message_
     let out = ctl(&["--json", "status"]).await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(json["live"], "green");
+    assert_eq!(json["generation"], 2);
+    // Every column of the table is in the JSON, for both colours.
+    for color in ["blue", "green"] {
+        let pool = &json["pools"][color];
+        for field in [
+            "role",
+            "healthy",
+            "total",
+            "in_flight",
+            "tunnels",
+            "backends",
+        ] {
+            assert!(
+                !pool[field].is_null(),
+                "pools.{color}.{field} missing: {json}"
+            );
+        }
+        for window in ["window_10s", "window_60s"] {
+            for field in [
+                "requests_per_second",
+                "error_rate",
+                "p50_ms",
+                "p90_ms",
+                "p99_ms",
+                "requests",
+                "errors",
+            ] {
+                assert!(
+                    pool[window][field].is_number(),
+                    "pools.{color}.{window}.{field} missing: {json}"
+                );
+            }
+        }
+    }
+    // Blue is idle, or still draining for a few ms after the switch.
+    assert_ne!(json["pools"]["blue"]["role"], "live");
+    assert_eq!(json["pools"]["green"]["role"], "live");
+    // The table shows the same colours and roles.
+    let table = String::from_utf8_lossy(&ctl(&["status"]).await.stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("green") && l.contains("live")),
+        "{table}"
+    );
+    assert!(
+        table.lines().all(|l| l.chars().count() <= 80),
+        "wider than 80 columns:\n{table}"
+    );
 
     let out = cutover(&["ctl", "--socket", "/nonexistent/cutover.sock", "status"]);
     assert!(!out.status.success());
