@@ -222,12 +222,6 @@ impl Proxy {
         };
         backend.record(!resp.status().is_server_error());
         in_flight.status = resp.status().as_u16();
-        if self.color_header {
-            resp.headers_mut().insert(
-                X_CUTOVER_COLOR.clone(),
-                HeaderValue::from_static(color.as_str()),
-            );
-        }
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let (Some(client_upgrade), Some(protocol)) = (client_upgrade, upgrade)
@@ -236,24 +230,15 @@ impl Proxy {
             spawn_tunnel(&in_flight, client_upgrade, backend_upgrade);
             let headers = resp.headers_mut();
             let accepted = headers.get(header::UPGRADE).cloned().unwrap_or(protocol);
-            headers::strip_hop_by_hop(headers);
+            self.response_headers(headers, color);
+            // RFC 9110 §7.8: the 101 names the protocol switched to, for this hop too.
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, accepted);
-            headers.append(header::VIA, headers::VIA_VALUE.clone());
-            if self.color_header {
-                headers.insert(
-                    X_CUTOVER_COLOR.clone(),
-                    HeaderValue::from_static(color.as_str()),
-                );
-            }
             // The 101 has no body; the request is done, the tunnel is counted on its own.
             return Ok(resp.map(|_| ProxyBody::Local(None)));
         }
         let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        parts
-            .headers
-            .append(header::VIA, headers::VIA_VALUE.clone());
+        self.response_headers(&mut parts.headers, color);
         Ok(Response::from_parts(
             parts,
             ProxyBody::Upstream {
@@ -261,6 +246,20 @@ impl Proxy {
                 in_flight: Some(in_flight),
             },
         ))
+    }
+
+    /// A backend's response headers as the client gets them: hop-by-hop fields out,
+    /// then our `Via` and (when on) `x-cutover-color` in, so nothing the backend names
+    /// in `Connection` can remove what cutover adds.
+    fn response_headers(&self, headers: &mut http::HeaderMap, color: Color) {
+        headers::strip_hop_by_hop(headers);
+        headers.append(header::VIA, headers::VIA_VALUE.clone());
+        if self.color_header {
+            headers.insert(
+                X_CUTOVER_COLOR.clone(),
+                HeaderValue::from_static(color.as_str()),
+            );
+        }
     }
 }
 
