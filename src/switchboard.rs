@@ -116,52 +116,29 @@ impl Switchboard {
     /// Makes `req.to` live, if `expect_generation` (when given) is still current and the
     /// target pool passes the gate (unless forced).
     pub async fn switch(&self, req: SwitchRequest, caller: Caller) -> Result<Change, SwitchError> {
-        let check = |cur: &Snapshot| {
-            if !req.force && req.to != cur.live {
-                let report = health::gate(cur.pool(req.to));
-                if !report.passed {
-                    return Err(SwitchError::Gate { to: req.to, report });
-                }
-            }
-            Ok(req.to)
-        };
-        self.change("switch", req.expect_generation, req.force, caller, check)
-            .await
+        self.change("switch", req.expect_generation, req.force, caller, |cur| {
+            gated_target(cur, req)
+        })
+        .await
     }
 
     /// What `switch` would do now, changing nothing: the gate per backend and what
     /// would drain, with the error the real call would get, if any.
     pub fn plan(&self, req: SwitchRequest) -> (Plan, Option<SwitchError>) {
         let cur = self.snapshot.load_full();
-        let gate = health::gate(cur.pool(req.to));
         let changes = req.to != cur.live;
+        let drain = |count: usize| if changes { count } else { 0 };
         let plan = Plan {
             from: cur.live,
             to: req.to,
             generation: cur.generation + u64::from(changes),
-            drain_in_flight: if changes {
-                self.tracker.in_flight(cur.live)
-            } else {
-                0
-            },
-            drain_tunnels: if changes {
-                self.tracker.tunnels(cur.live)
-            } else {
-                0
-            },
-            gate: gate.clone(),
+            gate: health::gate(cur.pool(req.to)),
+            drain_in_flight: drain(self.tracker.in_flight(cur.live)),
+            drain_tunnels: drain(self.tracker.tunnels(cur.live)),
         };
-        let refusal = match req.expect_generation {
-            Some(expected) if expected != cur.generation => Some(SwitchError::StaleGeneration {
-                expected,
-                actual: cur.generation,
-            }),
-            _ if changes && !req.force && !gate.passed => Some(SwitchError::Gate {
-                to: req.to,
-                report: gate,
-            }),
-            _ => None,
-        };
+        let refusal = check_generation(&cur, req.expect_generation)
+            .and_then(|()| gated_target(&cur, req))
+            .err();
         (plan, refusal)
     }
 
@@ -187,14 +164,7 @@ impl Switchboard {
     ) -> Result<Change, SwitchError> {
         let _writer = self.write.lock().await;
         let current = self.snapshot.load_full();
-        if let Some(expected) = expect_generation
-            && expected != current.generation
-        {
-            return Err(SwitchError::StaleGeneration {
-                expected,
-                actual: current.generation,
-            });
-        }
+        check_generation(&current, expect_generation)?;
         let to = target(&current)?;
         if to == current.live {
             return Ok(Change {
@@ -243,6 +213,29 @@ impl Switchboard {
             changed: true,
         })
     }
+}
+
+/// The compare half of compare-and-swap: the caller's view must still be current.
+fn check_generation(cur: &Snapshot, expect_generation: Option<u64>) -> Result<(), SwitchError> {
+    match expect_generation {
+        Some(expected) if expected != cur.generation => Err(SwitchError::StaleGeneration {
+            expected,
+            actual: cur.generation,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The target of a switch, if the gate lets it through: switching to the live colour
+/// or forcing needs no gate; otherwise the target pool must pass it.
+fn gated_target(cur: &Snapshot, req: SwitchRequest) -> Result<Color, SwitchError> {
+    if !req.force && req.to != cur.live {
+        let report = health::gate(cur.pool(req.to));
+        if !report.passed {
+            return Err(SwitchError::Gate { to: req.to, report });
+        }
+    }
+    Ok(req.to)
 }
 
 // === state file ===
