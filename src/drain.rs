@@ -197,10 +197,6 @@ impl Tracker {
         }
     }
 
-    pub fn total_tunnels(&self) -> usize {
-        Color::ALL.iter().map(|&c| self.tunnels(c)).sum()
-    }
-
     /// Resolves once `color` is no longer draining or its deadline has passed.
     pub async fn wait_drained(&self, color: Color) {
         loop {

@@ -185,20 +185,17 @@ impl Server {
         // get GOAWAY; tunnels get the drain deadline, as after a switch.
         let tracker = Arc::clone(&self.tracker);
         let everything_done = async move {
-            let tunnels = async {
-                let deadline = tokio::time::Instant::now() + tracker.timeout;
-                while tracker.total_tunnels() > 0 {
-                    if tokio::time::Instant::now() >= deadline {
-                        tracing::info!(
-                            tunnels = tracker.total_tunnels(),
-                            "drain deadline: closing tunnels"
-                        );
-                        tracker.close_all_tunnels();
-                    }
+            // Both colours drain as one does after a switch: requests finish, tunnels
+            // are closed at the drain deadline.
+            for color in Color::ALL {
+                tracker.begin_drain(color);
+            }
+            let drained = async {
+                while Color::ALL.iter().any(|&c| tracker.is_draining(c)) {
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
             };
-            tokio::join!(connections.shutdown(), tunnels);
+            tokio::join!(connections.shutdown(), drained);
         };
         if tokio::time::timeout(self.grace, everything_done)
             .await

@@ -110,3 +110,40 @@ async fn an_upgrade_request_answered_200_with_a_request_pipelined_behind_it_gets
     assert!(!reply.contains("101"), "{reply}");
     assert_eq!(reply.matches("\r\n\r\nblue").count(), 2, "{reply}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_shutdown_an_open_websocket_gets_the_drain_deadline_and_then_the_server_stops() {
+    let mut proxy = Proxy::start(
+        &[ws_backend("blue").await],
+        &[ws_backend("green").await],
+        "[drain]\ntimeout = \"1s\"",
+    )
+    .await;
+    let url = format!("ws://{}/socket", proxy.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("websocket");
+    assert_eq!(echo(&mut ws, "a").await, "blue:a");
+
+    let server = proxy.begin_stop();
+    // Until the deadline the tunnel still works...
+    assert_eq!(echo(&mut ws, "b").await, "blue:b");
+    // ...then it is closed, and the server finishes well within its 30 s grace.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the websocket outlived the drain deadline at shutdown"
+    );
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stopped once its tunnel was closed")
+        .expect("server task");
+}
