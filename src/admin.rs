@@ -71,6 +71,15 @@ pub struct Pools {
     pub green: PoolStatus,
 }
 
+impl Pools {
+    pub fn of(&self, color: Color) -> &PoolStatus {
+        match color {
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PoolStatus {
     /// `live`, `draining` (switched away from, not yet drained) or `idle`.

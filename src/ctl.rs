@@ -101,8 +101,8 @@ pub fn render_status(s: &Status) -> String {
         "{:<6} {:<8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>9} {:>7}",
         "COLOUR", "ROLE", "BACKENDS", "REQ/S", "ERR%", "P50 ms", "P99 ms", "IN-FLIGHT", "TUNNELS"
     );
-    let pools = [(Color::Blue, &s.pools.blue), (Color::Green, &s.pools.green)];
-    for (color, p) in pools {
+    for color in Color::ALL {
+        let p = s.pools.of(color);
         let w = &p.window_10s;
         let _ = writeln!(
             out,
@@ -124,8 +124,8 @@ pub fn render_status(s: &Status) -> String {
         "{:<6} {:<28} {:<8} {:>9}  PROBLEM",
         "COLOUR", "BACKEND", "STATE", "IN-FLIGHT"
     );
-    for (color, p) in pools {
-        render_backends(&mut out, color, p);
+    for color in Color::ALL {
+        render_backends(&mut out, color, s.pools.of(color));
     }
     out
 }
@@ -193,10 +193,7 @@ pub async fn watch_drain(socket: &Path, old: Color, json: bool) -> Result<(), Ct
     let mut last = None;
     loop {
         let status = parse_status(&call(socket, Method::GET, "/status", None).await?)?;
-        let pool = match old {
-            Color::Blue => &status.pools.blue,
-            Color::Green => &status.pools.green,
-        };
+        let pool = status.pools.of(old);
         let now = (pool.role.clone(), pool.in_flight, pool.tunnels);
         if last.as_ref() != Some(&now) {
             if json {
