@@ -51,12 +51,6 @@ impl Color {
         }
     }
 
-    pub const fn other(self) -> Color {
-        match self {
-            Color::Blue => Color::Green,
-            Color::Green => Color::Blue,
-        }
-    }
 }
 
 impl fmt::Display for Color {
