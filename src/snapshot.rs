@@ -50,7 +50,6 @@ impl Color {
             Color::Green => "green",
         }
     }
-
 }
 
 impl fmt::Display for Color {

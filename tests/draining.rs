@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use support::{Proxy, TestBackend, get};
+use support::{Proxy, TestBackend, get, spawn_get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_slow_requests_in_flight_on_blue_at_a_switch_all_complete_from_blue_while_new_requests_go_to_green()
@@ -16,10 +16,7 @@ async fn ten_slow_requests_in_flight_on_blue_at_a_switch_all_complete_from_blue_
     let proxy = Proxy::start(&[blue.addr], &[green.addr], "").await;
 
     let slow: Vec<_> = (0..10)
-        .map(|_| {
-            let addr = proxy.addr;
-            tokio::spawn(async move { get(addr, "/slow?ms=3000").await })
-        })
+        .map(|_| spawn_get(proxy.addr, "/slow?ms=3000"))
         .collect();
     proxy
         .wait_until("ten requests in flight on blue", |s| {
@@ -52,10 +49,7 @@ async fn once_blue_has_drained_its_idle_upstream_connections_are_closed() {
     let proxy = Proxy::start(&[blue.addr], &[green.addr], "").await;
     // Several concurrent requests leave several idle keep-alive connections to blue.
     let warm: Vec<_> = (0..4)
-        .map(|_| {
-            let addr = proxy.addr;
-            tokio::spawn(async move { get(addr, "/slow?ms=100").await })
-        })
+        .map(|_| spawn_get(proxy.addr, "/slow?ms=100"))
         .collect();
     for w in warm {
         assert_eq!(w.await.expect("task").text(), "blue");
@@ -88,10 +82,7 @@ async fn ctl_switch_wait_returns_once_blues_in_flight_count_reaches_zero_and_sho
     let proxy = Proxy::start(&[blue.addr], &[green.addr], "").await;
     let slow: Vec<_> = [600u64, 1200, 1800]
         .into_iter()
-        .map(|ms| {
-            let addr = proxy.addr;
-            tokio::spawn(async move { get(addr, &format!("/slow?ms={ms}")).await })
-        })
+        .map(|ms| spawn_get(proxy.addr, &format!("/slow?ms={ms}")))
         .collect();
     proxy
         .wait_until("three requests in flight on blue", |s| {

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::{TestBackend, get};
+use support::{TestBackend, spawn_get};
 
 struct Running {
     child: Child,
@@ -85,10 +85,7 @@ async fn sigterm_during_slow_requests_lets_them_complete_refuses_new_connections
     let mut proxy = start(&[blue.addr], &[green.addr], "").await;
 
     let slow: Vec<_> = (0..3)
-        .map(|_| {
-            let addr = proxy.addr;
-            tokio::spawn(async move { get(addr, "/slow?ms=1500").await })
-        })
+        .map(|_| spawn_get(proxy.addr, "/slow?ms=1500"))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

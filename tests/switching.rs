@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use support::{Conn, Proxy, backend, get};
+use support::{Conn, Proxy, backend, get, spawn_get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_switch_the_next_request_on_the_same_connection_is_answered_by_green() {
@@ -120,7 +120,7 @@ async fn switch_under_load_loses_no_request() {
 async fn a_slow_request_in_flight_on_blue_when_the_switch_happens_completes_from_blue() {
     let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
     let addr = proxy.addr;
-    let slow = tokio::spawn(async move { get(addr, "/slow?ms=2000").await });
+    let slow = spawn_get(addr, "/slow?ms=2000");
 
     // Wait until the slow request is counted in flight on blue, then switch.
     proxy
@@ -218,7 +218,7 @@ async fn a_switch_with_a_stale_expect_generation_gets_409_and_changes_nothing() 
 async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_connections() {
     let mut proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
     let addr = proxy.addr;
-    let slow = tokio::spawn(async move { get(addr, "/slow?ms=1000").await });
+    let slow = spawn_get(addr, "/slow?ms=1000");
     proxy
         .wait_until("the slow request in flight on blue", |s| {
             s["pools"]["blue"]["in_flight"] == 1

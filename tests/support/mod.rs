@@ -536,3 +536,9 @@ pub fn request(method: Method, path: &str, body: &str) -> Request<Full<Bytes>> {
 pub async fn get(addr: SocketAddr, path: &str) -> Answer {
     Conn::open(addr).await.get(path).await
 }
+
+/// GET on a fresh connection, in the background (for requests in flight across a switch).
+pub fn spawn_get(addr: SocketAddr, path: &str) -> tokio::task::JoinHandle<Answer> {
+    let path = path.to_owned();
+    tokio::spawn(async move { get(addr, &path).await })
+}
