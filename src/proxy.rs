@@ -182,30 +182,23 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         prepare_request(&mut req, peer, &in_flight, upgrade.clone());
 
-        let backend = Arc::clone(in_flight.backend());
         let color = in_flight.color();
-        let telemetry = self.tracker.telemetry();
         let sent = self.tracker.upstreams().clients[color.index()]
             .load()
             .request(req);
         let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
             Ok(Ok(resp)) => resp,
             Err(_) => {
-                backend.record(false);
-                telemetry.upstream_error(color, ErrorKind::Timeout);
-                in_flight.status = StatusCode::GATEWAY_TIMEOUT.as_u16();
-                return Err(ProxyError::Timeout {
-                    backend: backend.address.clone(),
+                let err = ProxyError::Timeout {
+                    backend: in_flight.backend().address.clone(),
                     color,
                     after: self.response_timeout,
-                });
+                };
+                return Err(failed(&mut in_flight, ErrorKind::Timeout, err));
             }
             Ok(Err(e)) => {
-                backend.record(false);
-                telemetry.upstream_error(color, error_kind(&e));
-                in_flight.status = StatusCode::BAD_GATEWAY.as_u16();
-                let (backend, cause) = (backend.address.clone(), error_chain(&e));
-                return Err(if e.is_connect() {
+                let (backend, cause) = (in_flight.backend().address.clone(), error_chain(&e));
+                let err = if e.is_connect() {
                     ProxyError::Connect {
                         backend,
                         color,
@@ -217,10 +210,11 @@ impl Proxy {
                         color,
                         cause,
                     }
-                });
+                };
+                return Err(failed(&mut in_flight, error_kind(&e), err));
             }
         };
-        backend.record(!resp.status().is_server_error());
+        in_flight.backend().record(!resp.status().is_server_error());
         in_flight.status = resp.status().as_u16();
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -261,6 +255,18 @@ impl Proxy {
             );
         }
     }
+}
+
+/// Books an upstream failure on the request: the backend's run of failures (passive
+/// ejection), the error counter, and the status the client will get.
+fn failed(in_flight: &mut InFlight, kind: ErrorKind, err: ProxyError) -> ProxyError {
+    in_flight.backend().record(false);
+    in_flight
+        .tracker()
+        .telemetry()
+        .upstream_error(in_flight.color(), kind);
+    in_flight.status = err.status().as_u16();
+    err
 }
 
 /// The `Upgrade` value of an HTTP/1.1 request that asks to upgrade (RFC 9110 §7.8:
