@@ -96,7 +96,7 @@ fn header_rewrite(c: &mut Criterion) {
     );
     hop.insert("x-trace", HeaderValue::from_static("1"));
     hop.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-    let peer = "192.0.2.44".parse().expect("ip");
+    let peer = headers::forwarded_for("192.0.2.44".parse().expect("ip"));
     let host = Some(HeaderValue::from_static("shop.example"));
 
     for (name, template) in [
@@ -108,7 +108,7 @@ fn header_rewrite(c: &mut Criterion) {
                 || template.clone(),
                 |h| {
                     headers::strip_hop_by_hop(h);
-                    headers::add_forwarded(h, peer, "http", host.clone());
+                    headers::add_forwarded(h, &peer, "http", host.clone());
                 },
                 BatchSize::SmallInput,
             )

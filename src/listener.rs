@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::config::ListenConfig;
-use crate::proxy::Proxy;
+use crate::proxy::{Peer, Proxy};
 
 /// Builds the connection builder once; cloned into nothing, shared by reference.
 pub fn connection_builder(config: &ListenConfig) -> auto::Builder<TokioExecutor> {
@@ -59,10 +59,8 @@ pub async fn serve(
             tracing::debug!(peer = %peer, error = %e, "set TCP_NODELAY failed");
         }
         let proxy = Arc::clone(&proxy);
-        let service = service_fn(move |req| {
-            let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, std::convert::Infallible>(proxy.forward(req, peer).await) }
-        });
+        let client = Peer::new(peer);
+        let service = service_fn(move |req| proxy.forward(req, &client));
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

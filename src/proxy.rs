@@ -2,6 +2,8 @@
 //! rewrite headers, forward with the pooled client, stream the response back while an
 //! [`InFlight`] guard counts it against its colour.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -79,6 +81,22 @@ pub struct Proxy {
     color_header: bool,
 }
 
+/// The client end of a connection, as each request on it needs it.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// `addr`'s IP as an X-Forwarded-For entry, formatted once per connection.
+    pub forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            forwarded_for: headers::forwarded_for(addr.ip()),
+        }
+    }
+}
+
 /// Names the colour that served a response, when `routing.color_header` is on.
 pub static X_CUTOVER_COLOR: http::HeaderName = http::HeaderName::from_static("x-cutover-color");
 
@@ -140,31 +158,42 @@ impl Proxy {
 
     /// Forwards one request and returns the response to send to the client. Never fails:
     /// upstream errors become 502/503/504 responses and a log line.
-    pub async fn forward(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        match self.try_forward(req, peer).await {
-            Ok(resp) => resp,
-            Err(err) => {
-                tracing::warn!(peer = %peer, error = %err, "proxy error");
-                local_response(err.status(), err.client_message())
-            }
+    ///
+    /// Routing, the backend pick and the request rewrite run before the returned future
+    /// exists, so that future holds only what lives across the wait for the backend: it
+    /// is moved a few times per request by the connection machinery, and its size is
+    /// what each move copies.
+    pub fn forward(
+        &self,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + use<> {
+        let sent = self.send(req, peer);
+        let (timeout, color_header) = (self.response_timeout, self.color_header);
+        async move {
+            Ok(match sent {
+                Ok(sent) => sent.response(timeout, color_header).await,
+                Err(err) => local_response(err.status(), err.client_message()),
+            })
         }
     }
 
-    async fn try_forward(
-        &self,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let mut in_flight = {
-            // The guard is dropped before the first await: no snapshot is held across I/O.
+    /// Routes `req`, picks a backend, counts the request against its colour, rewrites
+    /// the request and hands it to that colour's client.
+    fn send(&self, mut req: Request<Incoming>, client: &Peer) -> Result<Sent, ProxyError> {
+        let peer = client.addr;
+        let in_flight = {
             let snap = self.snapshot.load();
             let color = snap.route(&req);
             let Some(backend) = snap.pool(color).pick() else {
                 self.tracker.telemetry().finish(color, 503, Duration::ZERO);
-                return Err(ProxyError::NoBackend { color });
+                let err = ProxyError::NoBackend { color };
+                tracing::warn!(peer = %peer, error = %err, "proxy error");
+                return Err(err);
             };
             self.tracker.start(color, backend)
         };
+        let mut in_flight = in_flight;
         if self.tracker.telemetry().access_log.is_some() {
             in_flight.access = Some(Box::new(AccessEntry {
                 method: req.method().clone(),
@@ -178,23 +207,75 @@ impl Proxy {
         }
         // RFC 9110 §7.8: Upgrade is hop-by-hop, so it is re-sent to the backend only when
         // the client asked for it with `Connection: upgrade` (HTTP/1.1 only).
-        let upgrade = upgrade_request(&req);
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        prepare_request(&mut req, peer, &in_flight, upgrade.clone());
-
-        let color = in_flight.color();
-        let sent = self.tracker.upstreams().clients[color.index()]
+        let upgrade =
+            upgrade_request(&req).map(|protocol| (hyper::upgrade::on(&mut req), protocol));
+        prepare_request(
+            &mut req,
+            &client.forwarded_for,
+            &in_flight,
+            upgrade.as_ref().map(|(_, p)| p.clone()),
+        );
+        let response = self.tracker.upstreams().clients[in_flight.color().index()]
             .load()
             .request(req);
-        let mut resp = match tokio::time::timeout(self.response_timeout, sent).await {
+        Ok(Sent {
+            in_flight,
+            response,
+            upgrade,
+            peer,
+        })
+    }
+
+    /// A backend's response headers as the client gets them: hop-by-hop fields out,
+    /// then our `Via` and (when on) `x-cutover-color` in, so nothing the backend names
+    /// in `Connection` can remove what cutover adds.
+    fn response_headers(headers: &mut http::HeaderMap, color: Color, color_header: bool) {
+        headers::strip_hop_by_hop(headers);
+        headers.append(header::VIA, headers::VIA_VALUE.clone());
+        if color_header {
+            headers.insert(
+                X_CUTOVER_COLOR.clone(),
+                HeaderValue::from_static(color.as_str()),
+            );
+        }
+    }
+}
+
+/// A request handed to its backend's client, waiting for the response headers.
+struct Sent {
+    /// Counts the request against its colour until the response body ends.
+    in_flight: InFlight,
+    /// The client's answer; boxed by the client, so small to hold.
+    response: hyper_util::client::legacy::ResponseFuture,
+    /// The client side of an upgrade and the protocol asked for, when it asked.
+    upgrade: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
+    /// For the log line of a failure.
+    peer: SocketAddr,
+}
+
+// === impl Sent ===
+
+impl Sent {
+    /// Waits (bounded by `timeout`) for the backend's response headers and turns them
+    /// into the client's response: streamed body, a tunnel after a 101, or the 502/504
+    /// that says why there is none.
+    async fn response(self, timeout: Duration, color_header: bool) -> Response<ProxyBody> {
+        let Sent {
+            mut in_flight,
+            response,
+            upgrade,
+            peer,
+        } = self;
+        let color = in_flight.color();
+        let mut resp = match tokio::time::timeout(timeout, response).await {
             Ok(Ok(resp)) => resp,
             Err(_) => {
                 let err = ProxyError::Timeout {
                     backend: in_flight.backend().address.clone(),
                     color,
-                    after: self.response_timeout,
+                    after: timeout,
                 };
-                return Err(failed(&mut in_flight, ErrorKind::Timeout, err));
+                return failed(&mut in_flight, ErrorKind::Timeout, err, peer);
             }
             Ok(Err(e)) => {
                 let (backend, cause) = (in_flight.backend().address.clone(), error_chain(&e));
@@ -211,62 +292,54 @@ impl Proxy {
                         cause,
                     }
                 };
-                return Err(failed(&mut in_flight, error_kind(&e), err));
+                return failed(&mut in_flight, error_kind(&e), err, peer);
             }
         };
         in_flight.backend().record(!resp.status().is_server_error());
         in_flight.status = resp.status().as_u16();
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let (Some(client_upgrade), Some(protocol)) = (client_upgrade, upgrade)
+            && let Some((client_upgrade, protocol)) = upgrade
         {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             spawn_tunnel(&in_flight, client_upgrade, backend_upgrade);
             let headers = resp.headers_mut();
             let accepted = headers.get(header::UPGRADE).cloned().unwrap_or(protocol);
-            self.response_headers(headers, color);
+            Proxy::response_headers(headers, color, color_header);
             // RFC 9110 §7.8: the 101 names the protocol switched to, for this hop too.
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, accepted);
             // The 101 has no body; the request is done, the tunnel is counted on its own.
-            return Ok(resp.map(|_| ProxyBody::Local(None)));
+            return resp.map(|_| ProxyBody::Local(None));
         }
         let (mut parts, body) = resp.into_parts();
-        self.response_headers(&mut parts.headers, color);
-        Ok(Response::from_parts(
+        Proxy::response_headers(&mut parts.headers, color, color_header);
+        Response::from_parts(
             parts,
             ProxyBody::Upstream {
                 body,
                 in_flight: Some(in_flight),
             },
-        ))
-    }
-
-    /// A backend's response headers as the client gets them: hop-by-hop fields out,
-    /// then our `Via` and (when on) `x-cutover-color` in, so nothing the backend names
-    /// in `Connection` can remove what cutover adds.
-    fn response_headers(&self, headers: &mut http::HeaderMap, color: Color) {
-        headers::strip_hop_by_hop(headers);
-        headers.append(header::VIA, headers::VIA_VALUE.clone());
-        if self.color_header {
-            headers.insert(
-                X_CUTOVER_COLOR.clone(),
-                HeaderValue::from_static(color.as_str()),
-            );
-        }
+        )
     }
 }
 
-/// Books an upstream failure on the request: the backend's run of failures (passive
-/// ejection), the error counter, and the status the client will get.
-fn failed(in_flight: &mut InFlight, kind: ErrorKind, err: ProxyError) -> ProxyError {
+/// Books an upstream failure on the request (the backend's run of failures for passive
+/// ejection, the error counter, the status), logs it, and answers the client.
+fn failed(
+    in_flight: &mut InFlight,
+    kind: ErrorKind,
+    err: ProxyError,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
     in_flight.backend().record(false);
     in_flight
         .tracker()
         .telemetry()
         .upstream_error(in_flight.color(), kind);
     in_flight.status = err.status().as_u16();
-    err
+    tracing::warn!(peer = %peer, error = %err, "proxy error");
+    local_response(err.status(), err.client_message())
 }
 
 /// The `Upgrade` value of an HTTP/1.1 request that asks to upgrade (RFC 9110 §7.8:
@@ -324,7 +397,7 @@ fn spawn_tunnel(
 /// the URI pointed at the backend (origin-form on the wire).
 fn prepare_request(
     req: &mut Request<Incoming>,
-    peer: SocketAddr,
+    forwarded_for: &HeaderValue,
     in_flight: &InFlight,
     upgrade: Option<HeaderValue>,
 ) {
@@ -336,7 +409,7 @@ fn prepare_request(
     });
     let headers = req.headers_mut();
     headers::strip_hop_by_hop(headers);
-    headers::add_forwarded(headers, peer.ip(), "http", host.clone());
+    headers::add_forwarded(headers, forwarded_for, "http", host.clone());
     if let Some(host) = host {
         headers.insert(header::HOST, host);
     }
