@@ -15,8 +15,8 @@ use cutover::drain::Tracker;
 use cutover::headers;
 use cutover::metrics::Telemetry;
 use cutover::pool::Pool;
-use cutover::proxy::Upstreams;
 use cutover::snapshot::{Color, Snapshot};
+use cutover::upstream::Upstreams;
 
 fn snapshot() -> Snapshot {
     let pool = |base: u16| {
@@ -43,7 +43,7 @@ fn snapshot() -> Snapshot {
 }
 
 fn route_and_pick(c: &mut Criterion) {
-    let swap = ArcSwap::from_pointee(snapshot());
+    let swap = Arc::new(ArcSwap::from_pointee(snapshot()));
     let req = Request::get("/api/items?page=2").body(()).expect("request");
     for (name, recording) in [
         ("route + pick + in-flight guard (metrics off)", false),
@@ -52,7 +52,10 @@ fn route_and_pick(c: &mut Criterion) {
             true,
         ),
     ] {
-        let upstreams = Arc::new(Upstreams::new(&UpstreamConfig::default()));
+        let upstreams = Arc::new(Upstreams::new(
+            &UpstreamConfig::default(),
+            Arc::clone(&swap),
+        ));
         let telemetry = Arc::new(Telemetry::new(recording, None));
         let tracker = Arc::new(Tracker::new(Duration::from_secs(30), upstreams, telemetry));
         c.bench_function(name, |b| {

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Telemetry;
 use crate::pool::{Backend, BackendGuard};
-use crate::proxy::Upstreams;
 use crate::snapshot::Color;
+use crate::upstream::Upstreams;
 
 /// How often a drain task looks at the counts.
 const POLL: Duration = Duration::from_millis(25);
@@ -105,7 +105,7 @@ impl Tracker {
         }
     }
 
-    pub fn upstreams(&self) -> &Upstreams {
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
         &self.upstreams
     }
 

@@ -42,3 +42,4 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod switchboard;
+pub mod upstream;

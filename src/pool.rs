@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use http::uri::Authority;
 
 use crate::config::{EjectionConfig, PoolConfig};
+use crate::upstream::IdleConns;
 
 /// One upstream server.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub struct Backend {
     ejections: AtomicU32,
     /// The pool-wide ejection count and policy (shared by the pool's backends).
     ejection: Arc<EjectionState>,
+    /// Keep-alive connections to this backend waiting for a request.
+    pub idle: IdleConns,
 }
 
 /// Pool-wide ejection bookkeeping.
@@ -89,6 +92,7 @@ impl Backend {
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             ejection,
+            idle: IdleConns::default(),
         })
     }
 

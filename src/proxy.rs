@@ -13,13 +13,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::config::UpstreamConfig;
 use crate::drain::{AccessEntry, InFlight, Tracker};
@@ -27,46 +25,7 @@ use crate::error::ProxyError;
 use crate::headers;
 use crate::metrics::ErrorKind;
 use crate::snapshot::{Color, Snapshot};
-
-/// The pooled upstream client of each colour. One client per colour lets a drained
-/// colour's idle keep-alive connections be closed at once: replacing the client drops
-/// its pool, and with it every idle connection.
-pub struct Upstreams {
-    clients: [ArcSwap<Client<HttpConnector, Incoming>>; 2],
-    config: UpstreamConfig,
-}
-
-impl Upstreams {
-    pub fn new(config: &UpstreamConfig) -> Upstreams {
-        Upstreams {
-            clients: [
-                ArcSwap::from_pointee(build_client(config)),
-                ArcSwap::from_pointee(build_client(config)),
-            ],
-            config: config.clone(),
-        }
-    }
-
-    /// Closes `color`'s idle pooled connections by replacing its client.
-    pub fn reset(&self, color: Color) {
-        self.clients[color.index()].store(Arc::new(build_client(&self.config)));
-    }
-}
-
-fn build_client(upstream: &UpstreamConfig) -> Client<HttpConnector, Incoming> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(upstream.connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(upstream.idle_timeout)
-        .pool_max_idle_per_host(upstream.max_idle_per_backend)
-        // One flattened buffer per write: fewer, larger segments for small messages.
-        .http1_writev(false)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
-}
+use crate::upstream::{Sender, UpstreamError};
 
 /// Everything `forward` needs, shared by all connections.
 pub struct Proxy {
@@ -101,10 +60,11 @@ impl Peer {
 pub static X_CUTOVER_COLOR: http::HeaderName = http::HeaderName::from_static("x-cutover-color");
 
 /// Sorts an upstream failure for `cutover_upstream_errors_total{kind}`.
-fn error_kind(e: &hyper_util::client::legacy::Error) -> ErrorKind {
-    if e.is_connect() {
-        return ErrorKind::Connect;
-    }
+fn error_kind(e: &UpstreamError) -> ErrorKind {
+    let e = match e {
+        UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_) => return ErrorKind::Connect,
+        UpstreamError::Http(e) => e,
+    };
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>()
@@ -135,6 +95,8 @@ pub enum ProxyBody {
         body: Incoming,
         /// Released as soon as the body ends, fails, or the client goes away (drop).
         in_flight: Option<InFlight>,
+        /// The backend connection, handed back for reuse once the body has ended.
+        conn: Option<Sender>,
     },
     Local(Option<Bytes>),
 }
@@ -215,12 +177,9 @@ impl Proxy {
             &in_flight,
             upgrade.as_ref().map(|(_, p)| p.clone()),
         );
-        let response = self.tracker.upstreams().clients[in_flight.color().index()]
-            .load()
-            .request(req);
         Ok(Sent {
             in_flight,
-            response,
+            req,
             upgrade,
             peer,
         })
@@ -245,8 +204,8 @@ impl Proxy {
 struct Sent {
     /// Counts the request against its colour until the response body ends.
     in_flight: InFlight,
-    /// The client's answer; boxed by the client, so small to hold.
-    response: hyper_util::client::legacy::ResponseFuture,
+    /// The rewritten request, for the backend `in_flight` names.
+    req: Request<Incoming>,
     /// The client side of an upgrade and the protocol asked for, when it asked.
     upgrade: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
     /// For the log line of a failure.
@@ -262,13 +221,15 @@ impl Sent {
     async fn response(self, timeout: Duration, color_header: bool) -> Response<ProxyBody> {
         let Sent {
             mut in_flight,
-            response,
+            req,
             upgrade,
             peer,
         } = self;
         let color = in_flight.color();
-        let mut resp = match tokio::time::timeout(timeout, response).await {
-            Ok(Ok(resp)) => resp,
+        let upstreams = Arc::clone(in_flight.tracker().upstreams());
+        let sent = upstreams.send(in_flight.backend(), req);
+        let (mut resp, conn) = match tokio::time::timeout(timeout, sent).await {
+            Ok(Ok(exchange)) => exchange,
             Err(_) => {
                 let err = ProxyError::Timeout {
                     backend: in_flight.backend().address.clone(),
@@ -279,7 +240,10 @@ impl Sent {
             }
             Ok(Err(e)) => {
                 let (backend, cause) = (in_flight.backend().address.clone(), error_chain(&e));
-                let err = if e.is_connect() {
+                let err = if matches!(
+                    e,
+                    UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_)
+                ) {
                     ProxyError::Connect {
                         backend,
                         color,
@@ -301,6 +265,8 @@ impl Sent {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some((client_upgrade, protocol)) = upgrade
         {
+            // The backend connection becomes the tunnel; it is not reused.
+            drop(conn);
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             spawn_tunnel(&in_flight, client_upgrade, backend_upgrade);
             let headers = resp.headers_mut();
@@ -319,6 +285,7 @@ impl Sent {
             ProxyBody::Upstream {
                 body,
                 in_flight: Some(in_flight),
+                conn: Some(conn),
             },
         )
     }
@@ -393,8 +360,9 @@ fn spawn_tunnel(
 }
 
 /// Rewrites a client request for the chosen backend: hop-by-hop headers out,
-/// X-Forwarded-* and Via in, HTTP/1.1 to the backend with the client's Host kept, and
-/// the URI pointed at the backend (origin-form on the wire).
+/// X-Forwarded-* and Via in, HTTP/1.1 to the backend with the client's Host kept (the
+/// backend's address when the client sent none), and the target in origin-form
+/// (RFC 9112 §3.2.1), which is what a server that is not a proxy expects.
 fn prepare_request(
     req: &mut Request<Incoming>,
     forwarded_for: &HeaderValue,
@@ -410,8 +378,17 @@ fn prepare_request(
     let headers = req.headers_mut();
     headers::strip_hop_by_hop(headers);
     headers::add_forwarded(headers, forwarded_for, "http", host.clone());
-    if let Some(host) = host {
-        headers.insert(header::HOST, host);
+    match host {
+        Some(host) => {
+            headers.insert(header::HOST, host);
+        }
+        None => {
+            // RFC 9112 §3.2: an HTTP/1.1 request must carry Host (HTTP/1.0 clients may
+            // not send one).
+            if let Ok(host) = HeaderValue::from_str(in_flight.backend().authority.as_str()) {
+                headers.insert(header::HOST, host);
+            }
+        }
     }
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -419,14 +396,15 @@ fn prepare_request(
     }
     *req.version_mut() = Version::HTTP_11;
 
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(in_flight.backend().authority.clone());
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    // Origin-form already (the usual HTTP/1.1 request): sent as it came.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let origin = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(origin);
     }
-    // Scheme, authority and path are all set, which is all `from_parts` checks.
-    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
 }
 
 /// "a: b: c" from an error and its sources, for the log.
@@ -462,7 +440,11 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, in_flight } => {
+            ProxyBody::Upstream {
+                body,
+                in_flight,
+                conn,
+            } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
                 if let (Poll::Ready(Some(Ok(f))), Some(guard)) = (&frame, in_flight.as_mut())
                     && let Some(data) = f.data_ref()
@@ -470,11 +452,16 @@ impl Body for ProxyBody {
                     guard.bytes += data.len() as u64;
                 }
                 let done = match &frame {
-                    Poll::Ready(None | Some(Err(_))) => true,
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
-                    Poll::Pending => false,
+                    Poll::Ready(None) => Some(true),
+                    Poll::Ready(Some(Err(_))) => Some(false),
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream().then_some(true),
+                    Poll::Pending => None,
                 };
-                if done {
+                if let Some(complete) = done {
+                    let conn = conn.take();
+                    if let (true, Some(conn), Some(guard)) = (complete, conn, &in_flight) {
+                        guard.tracker().upstreams().put_back(guard.backend(), conn);
+                    }
                     in_flight.take();
                 }
                 frame
@@ -495,6 +482,23 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { body, .. } => body.size_hint(),
             ProxyBody::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
             ProxyBody::Local(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    /// A body that was complete without being polled to its end (empty, or known
+    /// length all read) still hands its connection back; any other leaves it to close.
+    fn drop(&mut self) {
+        if let ProxyBody::Upstream {
+            body,
+            in_flight: Some(guard),
+            conn: conn @ Some(_),
+        } = self
+            && body.is_end_stream()
+            && let Some(conn) = conn.take()
+        {
+            guard.tracker().upstreams().put_back(guard.backend(), conn);
         }
     }
 }

@@ -20,9 +20,10 @@ use crate::health;
 use crate::listener;
 use crate::metrics::Telemetry;
 use crate::pool::Pool;
-use crate::proxy::{Proxy, Upstreams};
+use crate::proxy::Proxy;
 use crate::snapshot::{Color, Snapshot};
 use crate::switchboard::{self, StateReport, Switchboard};
+use crate::upstream::Upstreams;
 
 /// A proxy with its listeners bound, ready to [`run`](Server::run).
 pub struct Server {
@@ -82,7 +83,7 @@ impl Server {
         };
         let pools = snapshot.pools.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
-        let upstreams = Arc::new(Upstreams::new(&config.upstream));
+        let upstreams = Arc::new(Upstreams::new(&config.upstream, Arc::clone(&snapshot)));
         let access_log = match &config.access_log {
             Some(path) => Some(AccessLog::start(path).map_err(StartError::AccessLog)?),
             None => None,
@@ -160,6 +161,7 @@ impl Server {
         // Health checkers, metrics upkeep and the TCP metrics endpoint; ended on shutdown.
         let mut background = tokio::task::JoinSet::new();
         health::spawn_checkers(&self.pools, &mut background);
+        background.spawn(Arc::clone(self.tracker.upstreams()).sweep());
         let telemetry_tracker = Arc::clone(&self.tracker);
         background.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(5));

@@ -42,13 +42,14 @@ pub async fn backend(name: &'static str) -> SocketAddr {
 
 /// A backend (see [`backend`]) with handles on its state: `/healthz` answers 200 while
 /// `healthy` is set and 500 otherwise; `hits` counts every other request; `conns`
-/// counts open connections.
+/// counts open connections and `accepted` every connection ever accepted.
 #[derive(Clone)]
 pub struct TestBackend {
     pub addr: SocketAddr,
     pub healthy: Arc<AtomicBool>,
     pub hits: Arc<AtomicUsize>,
     pub conns: Arc<AtomicUsize>,
+    pub accepted: Arc<AtomicUsize>,
 }
 
 impl TestBackend {
@@ -61,6 +62,7 @@ impl TestBackend {
             healthy: Arc::new(AtomicBool::new(true)),
             hits: Arc::new(AtomicUsize::new(0)),
             conns: Arc::new(AtomicUsize::new(0)),
+            accepted: Arc::new(AtomicUsize::new(0)),
         };
         let state = b.clone();
         tokio::spawn(async move {
@@ -93,6 +95,7 @@ impl TestBackend {
                 });
                 let conns = state.conns.clone();
                 conns.fetch_add(1, Ordering::SeqCst);
+                state.accepted.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -102,6 +105,14 @@ impl TestBackend {
             }
         });
         b
+    }
+
+    pub fn open_conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     pub fn hits(&self) -> usize {

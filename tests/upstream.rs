@@ -1,0 +1,170 @@
+//! Keep-alive connections to backends: reused across requests and clients, capped per
+//! backend, closed after the idle timeout, and never the cause of an error when the
+//! backend closed one first.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use support::{Conn, Proxy, TestBackend, get, request, spawn_get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Polls `what` every 20 ms until it holds; fails after 5 s naming `why`.
+async fn eventually(why: &str, what: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !what() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_of_every_shape_reuse_one_upstream_connection() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(&[blue.addr], &[green.addr], "").await;
+
+    // Each from a new client connection: the upstream connection outlives them.
+    for _ in 0..10 {
+        assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+    }
+    let mut conn = Conn::open(proxy.addr).await;
+    let body = "x".repeat(100_000);
+    let echoed = conn
+        .send(request(Method::POST, "/echo", &body))
+        .await
+        .expect("POST");
+    assert_eq!(echoed.body.len(), body.len());
+    let big = conn.get("/big?bytes=300000").await;
+    assert_eq!(big.body.len(), 300_000);
+    // A response with no body at all hands its connection back too.
+    let head = conn
+        .send(request(Method::HEAD, "/", ""))
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(conn.get("/").await.text(), "blue");
+
+    assert_eq!(blue.hits(), 14);
+    assert_eq!(
+        blue.accepted(),
+        1,
+        "every request should have reused the first upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_burst_no_more_than_max_idle_per_backend_connections_stay_open() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(
+        &[blue.addr],
+        &[green.addr],
+        "[upstream]\nmax_idle_per_backend = 2\n",
+    )
+    .await;
+
+    let burst: Vec<_> = (0..6)
+        .map(|_| spawn_get(proxy.addr, "/slow?ms=300"))
+        .collect();
+    for b in burst {
+        assert_eq!(b.await.expect("task").text(), "blue");
+    }
+    assert_eq!(
+        blue.accepted(),
+        6,
+        "six concurrent requests, six connections"
+    );
+    eventually("blue's open connections fall to the cap of 2", || {
+        blue.open_conns() == 2
+    })
+    .await;
+    // The two kept are the ones used next.
+    for _ in 0..4 {
+        assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+    }
+    assert_eq!(blue.accepted(), 6);
+    assert_eq!(blue.open_conns(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upstream_connection_is_closed_after_the_idle_timeout() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(
+        &[blue.addr],
+        &[green.addr],
+        "[upstream]\nidle_timeout = \"300ms\"\n",
+    )
+    .await;
+
+    assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+    assert_eq!(blue.accepted(), 1);
+    eventually("the idle connection to blue is closed", || {
+        blue.open_conns() == 0
+    })
+    .await;
+    // The next request simply opens a new one.
+    assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+    assert_eq!(blue.accepted(), 2);
+}
+
+/// A raw HTTP/1.1 backend that answers one request per connection without saying
+/// `Connection: close`, then closes: every pooled connection to it is dead by the time
+/// it is next used. Returns its address and its count of accepted connections.
+async fn closing_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nclosed")
+                    .await;
+                // Dropped here: the connection closes with no warning in the response.
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_closes_each_connection_after_answering_causes_no_error() {
+    let (blue, accepted) = closing_backend().await;
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(&[blue], &[green.addr], "").await;
+
+    let mut conn = Conn::open(proxy.addr).await;
+    for i in 0..20 {
+        let answer = conn.get("/").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "request {i}: {}",
+            answer.text()
+        );
+        assert_eq!(answer.text(), "closed");
+        // Long enough for the proxy to see the close before the next request.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 20);
+    // Passive ejection saw no failure either: the backend is still in rotation.
+    let status = proxy.status().await;
+    assert_eq!(status["pools"]["blue"]["backends"][0]["healthy"], true);
+}
