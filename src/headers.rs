@@ -33,7 +33,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
             .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close"))
-            .filter(|t| hop_by_hop_index(&t.to_ascii_lowercase()).is_none())
+            .filter(|t| hop_by_hop_index(t).is_none())
             .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
@@ -47,11 +47,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The position in [`HOP_BY_HOP`] of a lower-case field name, if it is one.
+/// The position in [`HOP_BY_HOP`] of a field name (any case), if it is one.
 fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
     HOP_BY_HOP
         .iter()
-        .position(|h| h.as_str().as_bytes() == name)
+        .position(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
 }
 
 const HOP_BY_HOP: [HeaderName; 7] = [

@@ -226,9 +226,16 @@ impl Sent {
             peer,
         } = self;
         let color = in_flight.color();
-        let upstreams = Arc::clone(in_flight.tracker().upstreams());
-        let sent = upstreams.send(in_flight.backend(), req);
-        let (mut resp, conn) = match tokio::time::timeout(timeout, sent).await {
+        let answer = {
+            let sent = in_flight
+                .tracker()
+                .upstreams()
+                .send(in_flight.backend(), req);
+            // Pinned where it is: the timeout wraps a reference, not a copy of it.
+            tokio::pin!(sent);
+            tokio::time::timeout(timeout, sent).await
+        };
+        let (mut resp, conn) = match answer {
             Ok(Ok(exchange)) => exchange,
             Err(_) => {
                 let err = ProxyError::Timeout {
