@@ -4,6 +4,7 @@
 #
 #   bash benches/compare.sh                # ~4 minutes on 2 cores
 #   DURATION=5 ROUNDS=2 bash benches/compare.sh
+#   bash benches/compare.sh --instructions   # user-space instructions/request (callgrind), ~1 min
 #
 # Installs haproxy, nginx and wrk from Debian when missing, builds cutover and the
 # open-loop load generator in release mode, then runs benches/compare.py.
@@ -16,6 +17,9 @@ command -v nginx >/dev/null || need+=(nginx-light)
 command -v wrk >/dev/null || need+=(wrk)
 command -v taskset >/dev/null || need+=(util-linux)
 command -v python3 >/dev/null || need+=(python3)
+if [ "${1:-}" = "--instructions" ]; then
+    command -v valgrind >/dev/null || need+=(valgrind)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
@@ -24,4 +28,7 @@ fi
 
 cargo build --release --locked --bin cutover --example loadgen
 ulimit -n "$(ulimit -Hn)"
+if [ "${1:-}" = "--instructions" ]; then
+    exec python3 benches/instructions.py
+fi
 exec python3 benches/compare.py "$@"

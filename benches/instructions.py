@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""User-space instructions per request: cutover, HAProxy and nginx under callgrind.
+
+Wall-clock numbers on a shared machine drift by 10-20 % between runs; instruction
+counts do not (the same binary under the same load repeats within 0.1 %). Each proxy
+runs alone under `valgrind --tool=callgrind` in front of the same upstream; after a
+warm-up the counters are zeroed, `wrk -t1 -c16` runs for a fixed time, and the counters
+are dumped: instructions ÷ requests answered. Kernel time is not counted; see
+compare.py for that. Run through compare.sh: `bash benches/compare.sh --instructions`.
+"""
+import os, re, signal, subprocess, sys, tempfile, time
+
+import compare
+
+SECONDS = int(os.environ.get("INSTR_SECONDS", "6"))
+CONNS = 16
+PORTS = {"haproxy": 18091, "nginx": 18092, "cutover": 18093}
+
+
+def callgrind(work, name, args):
+    out = os.path.join(work, f"{name}.callgrind")
+    return subprocess.Popen(
+        ["taskset", "-c", compare.PROXY_CPU, "valgrind", "--tool=callgrind",
+         f"--callgrind-out-file={out}"] + args,
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"{name}.log"), "w"),
+        start_new_session=True, env=dict(os.environ, CUTOVER_LOG="warn")), out
+
+
+def wrk(port, seconds):
+    out = subprocess.run(["taskset", "-c", compare.LOAD_CPU, "wrk", "-t1", f"-c{CONNS}", f"-d{seconds}s",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
+    m = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return int(m.group(1)) if m else 0, int(errors.group(1)) if errors else 0
+
+
+def measure(work, name, args):
+    proc, out = callgrind(work, name, args)
+    try:
+        compare.wait_port(PORTS[name], timeout=60)
+        wrk(PORTS[name], 2)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True)
+        requests, errors = wrk(PORTS[name], SECONDS)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    dumps = sorted(f for f in os.listdir(work) if f.startswith(f"{name}.callgrind."))
+    if not dumps or not requests:
+        sys.exit(f"{name}: no dump or no requests (see {work}/{name}.log)")
+    text = open(os.path.join(work, dumps[-1]), errors="replace").read()
+    total = int(re.search(r"^(?:summary|totals): (\d+)", text, re.M).group(1))
+    return total / requests, requests, errors
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="cutover-instr-")
+    up_port = compare.PORTS["upstream"]
+    up = compare.nginx_conf(work, "upstream", f"""server {{ listen 127.0.0.1:{up_port} backlog=4096;
+        location / {{ return 200 "ok"; }} }}""")
+    upstream = compare.start(compare.LOAD_CPU, ["nginx", "-c", up])
+    try:
+        compare.wait_port(up_port)
+        hap = compare.write(os.path.join(work, "haproxy.cfg"), f"""
+global
+  nbthread 1
+  maxconn 1000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{PORTS['haproxy']}
+  default_backend be
+backend be
+  server s1 127.0.0.1:{up_port}
+""")
+        ngx = compare.nginx_conf(work, "nginx", f"""upstream up {{ server 127.0.0.1:{up_port}; keepalive 128; }}
+            server {{ listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
+              location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")
+        # One process, so callgrind sees the worker itself.
+        compare.write(ngx, "master_process off;\n" + open(ngx).read())
+        cfg = compare.write(os.path.join(work, "cutover.toml"), f"""
+[listen]
+address = "127.0.0.1:{PORTS['cutover']}"
+[admin]
+socket = "{work}/cutover.sock"
+[pools.blue]
+backends = ["127.0.0.1:{up_port}"]
+[pools.green]
+backends = ["localhost:{up_port}"]
+[routing]
+live = "blue"
+[runtime]
+workers = 1
+[metrics]
+enabled = true
+""")
+        rows = {}
+        for name, args in [("haproxy", ["haproxy", "-db", "-f", hap]),
+                           ("nginx", ["nginx", "-c", ngx]),
+                           ("cutover", [compare.CUTOVER, "run", "--config", cfg])]:
+            rows[name] = measure(work, name, args)
+            print(f"{name:8} {rows[name][0]:>8.0f} instructions/request  "
+                  f"({rows[name][1]} requests, {rows[name][2]} errors)", file=sys.stderr)
+        h = rows["haproxy"][0]
+        print(f"\nUser-space instructions per request under callgrind (wrk -t1 -c{CONNS}, {SECONDS} s, "
+              f"after a 2 s warm-up):\n")
+        print("| proxy | instructions/request | ÷ HAProxy |")
+        print("|---|---:|---:|")
+        for name, (ir, _, _) in rows.items():
+            print(f"| {name} | {ir:.0f} | {ir / h:.2f} |")
+    finally:
+        os.killpg(upstream.pid, signal.SIGTERM)
+        upstream.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
