@@ -158,18 +158,11 @@ impl Server {
                 let _ = admin_stopped.await;
             },
         ));
-        // Health checkers, metrics upkeep and the TCP metrics endpoint; ended on shutdown.
+        // Health checkers, the idle connection sweep and the TCP metrics endpoint;
+        // ended on shutdown.
         let mut background = tokio::task::JoinSet::new();
         health::spawn_checkers(&self.pools, &mut background);
         background.spawn(Arc::clone(self.tracker.upstreams()).sweep());
-        let telemetry_tracker = Arc::clone(&self.tracker);
-        background.spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                every.tick().await;
-                telemetry_tracker.telemetry().upkeep();
-            }
-        });
         if let Some(listener) = self.metrics_listener {
             background.spawn(admin::serve_metrics(listener, Arc::clone(&self.admin)));
         }
