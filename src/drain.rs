@@ -5,8 +5,8 @@
 //! and any other `Upgrade`) holds a [`Tunnel`] guard. After a switch the old colour is
 //! *draining*: a task watches its counts. Its requests finish on it; at the drain
 //! deadline its tunnels are cancelled (and counted as closed by drain); once nothing is
-//! left, its idle pooled upstream connections are closed by replacing the colour's
-//! client, rather than left to the pool's idle timeout. If the colour becomes live
+//! left, its backends' idle keep-alive connections are closed at once, rather than
+//! left to the idle timeout. If the colour becomes live
 //! again first (a rollback), the drain is abandoned and its tunnels live on.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,7 +35,7 @@ pub struct Tracker {
     drains: [Mutex<ColorDrain>; 2],
     /// How long tunnels may outlive a switch away from their colour.
     pub timeout: Duration,
-    /// The per-colour upstream clients, reset when a colour has drained.
+    /// The backend connections; a drained colour's idle ones are closed.
     upstreams: Arc<Upstreams>,
     /// Where finished requests are recorded.
     telemetry: Arc<Telemetry>,

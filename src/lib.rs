@@ -10,7 +10,7 @@
 //! [`drain::InFlight`] guard that counts the request against its colour and backend
 //! until the response body has finished streaming. Headers are rewritten by
 //! [`headers`] (hop-by-hop out; `X-Forwarded-*` and `Via` in) and the request is sent
-//! with hyper-util's pooled client. Errors become 502/503/504 in one place
+//! on one of that backend's keep-alive connections ([`upstream`]). Errors become 502/503/504 in one place
 //! ([`error`]). Because routing happens per request, the next request on an old
 //! keep-alive connection already follows a switch.
 //!
