@@ -2,7 +2,7 @@
 """User-space instructions per request: cutover, HAProxy and nginx under callgrind.
 
 Wall-clock numbers on a shared machine drift by 10-20 % between runs; instruction
-counts do not (the same binary under the same load repeats within 0.1 %). Each proxy
+counts barely do (the same binary under the same load repeats within 0.2 %). Each proxy
 runs alone under `valgrind --tool=callgrind` in front of the same upstream; after a
 warm-up the counters are zeroed, `wrk -t1 -c16` runs for a fixed time, and the counters
 are dumped: instructions ÷ requests answered. Kernel time is not counted; see
@@ -48,6 +48,9 @@ def measure(work, name, args):
     dumps = sorted(f for f in os.listdir(work) if f.startswith(f"{name}.callgrind."))
     if not dumps or not requests:
         sys.exit(f"{name}: no dump or no requests (see {work}/{name}.log)")
+    if errors:
+        # Error answers take a much shorter path: the count would mean nothing.
+        sys.exit(f"{name}: {errors} of {requests} answers were not 2xx; is the upstream up?")
     text = open(os.path.join(work, dumps[-1]), errors="replace").read()
     total = int(re.search(r"^(?:summary|totals): (\d+)", text, re.M).group(1))
     return total / requests, requests, errors
