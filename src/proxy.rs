@@ -140,11 +140,11 @@ impl Proxy {
         }
     }
 
-    /// Routes `req`, picks a backend, counts the request against its colour, rewrites
-    /// the request and hands it to that colour's client.
+    /// Routes `req`, picks a backend, counts the request against its colour and
+    /// rewrites it for the backend; [`Sent::response`] does the I/O.
     fn send(&self, mut req: Request<Incoming>, client: &Peer) -> Result<Sent, ProxyError> {
         let peer = client.addr;
-        let in_flight = {
+        let mut in_flight = {
             let snap = self.snapshot.load();
             let color = snap.route(&req);
             let Some(backend) = snap.pool(color).pick() else {
@@ -155,7 +155,6 @@ impl Proxy {
             };
             self.tracker.start(color, backend)
         };
-        let mut in_flight = in_flight;
         if self.tracker.telemetry().access_log.is_some() {
             in_flight.access = Some(Box::new(AccessEntry {
                 method: req.method().clone(),
@@ -200,7 +199,7 @@ impl Proxy {
     }
 }
 
-/// A request handed to its backend's client, waiting for the response headers.
+/// A routed and rewritten request with its in-flight guard, ready for its backend.
 struct Sent {
     /// Counts the request against its colour until the response body ends.
     in_flight: InFlight,
