@@ -28,10 +28,11 @@ def write(path, text):
     return path
 
 
-def nginx_conf(work, name, body):
+def nginx_conf(work, name, body, master=True):
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
     return write(os.path.join(d, "nginx.conf"), f"""
+{"" if master else "master_process off;"}
 worker_processes 1;
 daemon off;
 pid {d}/nginx.pid;
@@ -44,6 +45,62 @@ http {{
   keepalive_requests 10000000;
   {body}
 }}
+""")
+
+
+def upstream_conf(work):
+    """The upstream every target sits in front of: nginx answering `200 ok`."""
+    return nginx_conf(work, "upstream", f"""server {{ listen 127.0.0.1:{PORTS['upstream']} backlog=4096;
+        location / {{ return 200 "ok"; }} }}""")
+
+
+def nginx_proxy_conf(work, port, master=True):
+    """nginx as the proxy: one worker, upstream keepalive."""
+    return nginx_conf(work, "nginx", f"""upstream up {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 128; }}
+        server {{ listen 127.0.0.1:{port} backlog=4096;
+          location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""",
+                      master)
+
+
+def haproxy_cfg(work, port, maxconn):
+    """HAProxy as the proxy: one thread, `http-reuse always`."""
+    return write(os.path.join(work, "haproxy.cfg"), f"""
+global
+  nbthread 1
+  maxconn {maxconn}
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  server s1 127.0.0.1:{PORTS['upstream']}
+""")
+
+
+def cutover_toml(work, name, port, metrics):
+    """cutover as the proxy: one current-thread runtime, both pools on the upstream."""
+    return write(os.path.join(work, f"{name}.toml"), f"""
+[listen]
+address = "127.0.0.1:{port}"
+[admin]
+socket = "{work}/{name}.sock"
+[pools.blue]
+backends = ["127.0.0.1:{PORTS['upstream']}"]
+[pools.green]
+backends = ["localhost:{PORTS['upstream']}"]
+[routing]
+live = "blue"
+[runtime]
+workers = 1
+[metrics]
+enabled = {"true" if metrics else "false"}
+{EXTRA}
 """)
 
 
@@ -136,49 +193,11 @@ def main():
     work = tempfile.mkdtemp(prefix="cutover-bench-")
     procs = {}
     try:
-        up = nginx_conf(work, "upstream", f"""server {{ listen 127.0.0.1:{PORTS['upstream']} backlog=4096;
-            location / {{ return 200 "ok"; }} }}""")
-        procs["upstream"] = start(LOAD_CPU, ["nginx", "-c", up])
-        ngx = nginx_conf(work, "nginx", f"""upstream up {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 128; }}
-            server {{ listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
-              location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")
-        procs["nginx"] = start(PROXY_CPU, ["nginx", "-c", ngx])
-        hap = write(os.path.join(work, "haproxy.cfg"), f"""
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{PORTS['haproxy']}
-  default_backend be
-backend be
-  server s1 127.0.0.1:{PORTS['upstream']}
-""")
-        procs["haproxy"] = start(PROXY_CPU, ["haproxy", "-db", "-f", hap])
+        procs["upstream"] = start(LOAD_CPU, ["nginx", "-c", upstream_conf(work)])
+        procs["nginx"] = start(PROXY_CPU, ["nginx", "-c", nginx_proxy_conf(work, PORTS["nginx"])])
+        procs["haproxy"] = start(PROXY_CPU, ["haproxy", "-db", "-f", haproxy_cfg(work, PORTS["haproxy"], 8000)])
         def cutover(name, metrics):
-            cfg = write(os.path.join(work, f"{name}.toml"), f"""
-[listen]
-address = "127.0.0.1:{PORTS[name]}"
-[admin]
-socket = "{work}/{name}.sock"
-[pools.blue]
-backends = ["127.0.0.1:{PORTS['upstream']}"]
-[pools.green]
-backends = ["localhost:{PORTS['upstream']}"]
-[routing]
-live = "blue"
-[runtime]
-workers = 1
-[metrics]
-enabled = {"true" if metrics else "false"}
-{EXTRA}
-""")
+            cfg = cutover_toml(work, name, PORTS[name], metrics)
             log = open(os.path.join(work, f"{name}.log"), "w")
             return subprocess.Popen(["taskset", "-c", PROXY_CPU, CUTOVER, "run", "--config", cfg],
                                     stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,

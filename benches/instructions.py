@@ -58,50 +58,13 @@ def measure(work, name, args):
 
 def main():
     work = tempfile.mkdtemp(prefix="cutover-instr-")
-    up_port = compare.PORTS["upstream"]
-    up = compare.nginx_conf(work, "upstream", f"""server {{ listen 127.0.0.1:{up_port} backlog=4096;
-        location / {{ return 200 "ok"; }} }}""")
-    upstream = compare.start(compare.LOAD_CPU, ["nginx", "-c", up])
+    upstream = compare.start(compare.LOAD_CPU, ["nginx", "-c", compare.upstream_conf(work)])
     try:
-        compare.wait_port(up_port)
-        hap = compare.write(os.path.join(work, "haproxy.cfg"), f"""
-global
-  nbthread 1
-  maxconn 1000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{PORTS['haproxy']}
-  default_backend be
-backend be
-  server s1 127.0.0.1:{up_port}
-""")
-        ngx = compare.nginx_conf(work, "nginx", f"""upstream up {{ server 127.0.0.1:{up_port}; keepalive 128; }}
-            server {{ listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
-              location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")
+        compare.wait_port(compare.PORTS["upstream"])
+        hap = compare.haproxy_cfg(work, PORTS["haproxy"], 1000)
         # One process, so callgrind sees the worker itself.
-        compare.write(ngx, "master_process off;\n" + open(ngx).read())
-        cfg = compare.write(os.path.join(work, "cutover.toml"), f"""
-[listen]
-address = "127.0.0.1:{PORTS['cutover']}"
-[admin]
-socket = "{work}/cutover.sock"
-[pools.blue]
-backends = ["127.0.0.1:{up_port}"]
-[pools.green]
-backends = ["localhost:{up_port}"]
-[routing]
-live = "blue"
-[runtime]
-workers = 1
-[metrics]
-enabled = true
-""")
+        ngx = compare.nginx_proxy_conf(work, PORTS["nginx"], master=False)
+        cfg = compare.cutover_toml(work, "cutover", PORTS["cutover"], metrics=True)
         rows = {}
         for name, args in [("haproxy", ["haproxy", "-db", "-f", hap]),
                            ("nginx", ["nginx", "-c", ngx]),
