@@ -2,17 +2,21 @@
 //!
 //! # The data path
 //!
-//! A client connection is accepted by the [`listener`] and served by hyper-util's auto
-//! builder (HTTP/1.1, or HTTP/2 with prior knowledge). Each request goes to
-//! [`proxy::Proxy::forward`], which loads the routing [`snapshot::Snapshot`] **once**
-//! (one `ArcSwap` load), asks it which colour the request goes to, picks a healthy
-//! backend of that colour's [`pool::Pool`] (round-robin, lock-free), and starts an
-//! [`drain::InFlight`] guard that counts the request against its colour and backend
-//! until the response body has finished streaming. Headers are rewritten by
-//! [`headers`] (hop-by-hop out; `X-Forwarded-*` and `Via` in) and the request is sent
-//! on one of that backend's keep-alive connections ([`upstream`]). Errors become 502/503/504 in one place
-//! ([`error`]). Because routing happens per request, the next request on an old
-//! keep-alive connection already follows a switch.
+//! A client connection is accepted by the [`listener`] and served by the [`relay`]
+//! while its requests are plain HTTP/1.1 (heads parsed and rewritten as bytes by
+//! [`h1`], bodies copied through by their framing); from the first request that is not
+//! (HTTP/2 with prior knowledge, HTTP/1.0, upgrades, `Expect`, chunked or large
+//! uploads, anything malformed), hyper-util's auto builder serves the rest of the
+//! connection and hands each request to [`proxy::Proxy::forward`]. Either way a request
+//! loads the routing [`snapshot::Snapshot`] **once** (one `ArcSwap` load), asks it
+//! which colour the request goes to, picks a healthy backend of that colour's
+//! [`pool::Pool`] (round-robin, lock-free), and starts an [`drain::InFlight`] guard that
+//! counts the request against its colour and backend until the response body has
+//! finished streaming. Hop-by-hop fields go out and `X-Forwarded-*` and `Via` come in
+//! ([`h1`] on the relay, [`headers`] on hyper's path) and the request is sent on one of
+//! that backend's keep-alive connections ([`upstream`]). Errors become 502/503/504 in
+//! one place ([`error`]). Because routing happens per request, the next request on an
+//! old keep-alive connection already follows a switch.
 //!
 //! # Changing where traffic goes
 //!
@@ -32,12 +36,14 @@ pub mod ctl;
 pub mod demo;
 pub mod drain;
 pub mod error;
+pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod relay;
 pub mod server;
 pub mod snapshot;
 pub mod stats;

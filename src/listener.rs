@@ -1,8 +1,9 @@
-//! The client-facing accept loop. Each connection is served in its own task by
-//! hyper-util's auto builder (HTTP/1.1, or HTTP/2 with prior knowledge), with every
-//! request handed to [`Proxy::forward`]. One bad connection never ends the loop; on
-//! shutdown the loop stops accepting and every open connection is asked to finish
-//! gracefully (HTTP/1 closes after its current response, HTTP/2 sends GOAWAY).
+//! The client-facing accept loop. Each connection is served in its own task: by the
+//! [`relay`] while its requests are plain HTTP/1.1, by hyper-util's auto
+//! builder (HTTP/1.1, or HTTP/2 with prior knowledge) with every request handed to
+//! [`Proxy::forward`] from the first one that is not. One bad connection never ends
+//! the loop; on shutdown the loop stops accepting and every open connection is asked to
+//! finish gracefully (HTTP/1 closes after its current response, HTTP/2 sends GOAWAY).
 
 use std::future::Future;
 use std::io;
@@ -10,15 +11,34 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::ListenConfig;
 use crate::proxy::{Peer, Proxy};
+use crate::relay;
+
+/// The open client connections: each holds a receiver, so the count is theirs, and a
+/// send asks them all to finish.
+pub struct Connections {
+    tx: watch::Sender<()>,
+}
+
+impl Connections {
+    pub fn count(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// Asks every connection to finish after its current response; resolves once all
+    /// have closed.
+    pub async fn shutdown(self) {
+        let _ = self.tx.send(());
+        self.tx.closed().await;
+    }
+}
 
 /// Builds the connection builder once; cloned into nothing, shared by reference.
 pub fn connection_builder(config: &ListenConfig) -> auto::Builder<TokioExecutor> {
@@ -39,9 +59,10 @@ pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
-) -> GracefulShutdown {
-    let graceful = GracefulShutdown::new();
+) -> Connections {
+    let (tx, _) = watch::channel(());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -58,24 +79,18 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(peer = %peer, error = %e, "set TCP_NODELAY failed");
         }
-        let proxy = Arc::clone(&proxy);
-        let client = Peer::new(peer);
-        let service = service_fn(move |req| proxy.forward(req, &client));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(
-            async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            }
-            .instrument(tracing::debug_span!("conn", peer = %peer)),
+        let conn = relay::serve(
+            stream,
+            Peer::new(peer),
+            Arc::clone(&proxy),
+            Arc::clone(&builder),
+            header_timeout,
+            tx.subscribe(),
         );
+        tokio::spawn(conn.instrument(tracing::debug_span!("conn", peer = %peer)));
     }
     drop(listener);
-    graceful
+    Connections { tx }
 }
 
 /// Logs an accept error and waits when retrying at once would spin: out of file

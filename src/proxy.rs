@@ -30,14 +30,14 @@ use crate::upstream::{Sender, UpstreamError};
 /// Everything `forward` needs, shared by all connections.
 pub struct Proxy {
     /// The routing pointer; loaded once per request.
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     /// Per-colour in-flight and tunnel counters, for draining and status; owns the
     /// per-colour upstream clients.
-    tracker: Arc<Tracker>,
+    pub(crate) tracker: Arc<Tracker>,
     /// Limit on waiting for a backend's response headers (→ 504).
-    response_timeout: Duration,
+    pub(crate) response_timeout: Duration,
     /// Whether responses carry `x-cutover-color`.
-    color_header: bool,
+    pub(crate) color_header: bool,
 }
 
 /// The client end of a connection, as each request on it needs it.

@@ -34,6 +34,9 @@ pub struct Server {
     admin: Arc<Admin>,
     /// Connection settings for client connections (HTTP/1 + h2c).
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    /// How long a client may take to send a whole request head (also the keep-alive
+    /// idle limit, as with hyper).
+    header_timeout: Duration,
     /// How long in-flight requests get after shutdown starts.
     grace: Duration,
     /// For closing tunnels at the drain deadline on shutdown.
@@ -124,6 +127,7 @@ impl Server {
             proxy,
             admin,
             builder: Arc::new(listener::connection_builder(&config.listen)),
+            header_timeout: config.listen.header_timeout,
             grace: config.shutdown_grace,
             tracker,
             pools,
@@ -169,8 +173,14 @@ impl Server {
         let addr = self.proxy_listener.local_addr().ok();
         tracing::info!(proxy = ?addr, admin = %self.admin_path.display(), "cutover is serving");
 
-        let connections =
-            listener::serve(self.proxy_listener, self.proxy, self.builder, shutdown).await;
+        let connections = listener::serve(
+            self.proxy_listener,
+            self.proxy,
+            self.builder,
+            self.header_timeout,
+            shutdown,
+        )
+        .await;
         tracing::info!(
             open_connections = connections.count(),
             grace = ?self.grace,

@@ -32,6 +32,28 @@ pub struct Snapshot {
     pub pools: [Arc<Pool>; 2],
 }
 
+/// What routing may read of a request, on either data path (hyper's `Request` or the
+/// relay's parsed head).
+pub trait Routable {
+    /// The first value of the field `name` (lowercase).
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl<B> Routable for http::Request<B> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers().get(name).map(http::HeaderValue::as_bytes)
+    }
+}
+
+impl Routable for crate::h1::Request<'_, '_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
 // === impl Color ===
 
 impl Color {
@@ -81,7 +103,7 @@ impl Snapshot {
     /// The colour this request goes to. Today: the live colour. The signature takes the
     /// request so per-request rules (force header, sticky canary bucket) slot in here.
     #[inline]
-    pub fn route<B>(&self, _req: &http::Request<B>) -> Color {
+    pub fn route(&self, _req: &impl Routable) -> Color {
         self.live
     }
 

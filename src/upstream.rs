@@ -16,6 +16,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -37,15 +38,17 @@ pub type Sender = http1::SendRequest<Incoming>;
 /// idle timeouts.
 const SWEEPS_PER_TIMEOUT: u64 = 4;
 
-/// One backend's idle connections, oldest first.
+/// One backend's idle connections, oldest first: hyper's (for requests hyper serves)
+/// and plain sockets (for the [`relay`](crate::relay)).
 #[derive(Debug, Default)]
 pub struct IdleConns {
-    queue: SegQueue<Idle>,
+    queue: SegQueue<Idle<Sender>>,
+    raw: SegQueue<Idle<TcpStream>>,
 }
 
 #[derive(Debug)]
-struct Idle {
-    sender: Sender,
+struct Idle<C> {
+    conn: C,
     /// The sweep count when it went idle.
     sweep: u64,
 }
@@ -76,11 +79,11 @@ pub enum UpstreamError {
 
 impl IdleConns {
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.raw.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && self.raw.is_empty()
     }
 
     /// Closes every idle connection; returns how many.
@@ -89,17 +92,42 @@ impl IdleConns {
         while self.queue.pop().is_some() {
             closed += 1;
         }
+        while self.raw.pop().is_some() {
+            closed += 1;
+        }
         closed
     }
 
     /// Closes the connections idle since before sweep `oldest` and those the backend
     /// closed; keeps the rest in order.
     fn retain_since(&self, oldest: u64) {
-        for _ in 0..self.queue.len() {
-            let Some(idle) = self.queue.pop() else { break };
-            if idle.sweep >= oldest && !idle.sender.is_closed() {
-                self.queue.push(idle);
-            }
+        retain(&self.queue, |idle| {
+            idle.sweep >= oldest && !idle.conn.is_closed()
+        });
+        retain(&self.raw, |idle| idle.sweep >= oldest && open(&idle.conn));
+    }
+}
+
+/// Keeps the queue's entries that `keep` approves of, in order.
+fn retain<C>(queue: &SegQueue<Idle<C>>, keep: impl Fn(&Idle<C>) -> bool) {
+    for _ in 0..queue.len() {
+        let Some(idle) = queue.pop() else { break };
+        if keep(&idle) {
+            queue.push(idle);
+        }
+    }
+}
+
+/// Whether an idle socket is still open with nothing unread. Costs no system call
+/// unless the socket has become readable since it was last read, which for an idle
+/// connection means the backend closed it (or sent something it should not have).
+fn open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         }
     }
 }
@@ -128,7 +156,10 @@ impl Upstreams {
         backend: &Backend,
         mut req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Sender), UpstreamError> {
-        while let Some(Idle { mut sender, .. }) = backend.idle.queue.pop() {
+        while let Some(Idle {
+            conn: mut sender, ..
+        }) = backend.idle.queue.pop()
+        {
             if sender.is_closed() || (!sender.is_ready() && sender.ready().await.is_err()) {
                 continue;
             }
@@ -147,9 +178,8 @@ impl Upstreams {
         }
     }
 
-    /// Opens a connection to `backend` (TCP_NODELAY, bounded by `connect_timeout`) and
-    /// starts the task that drives it.
-    async fn connect(&self, backend: &Backend) -> Result<Sender, UpstreamError> {
+    /// Opens a socket to `backend` (TCP_NODELAY, bounded by `connect_timeout`).
+    pub async fn connect_tcp(&self, backend: &Backend) -> Result<TcpStream, UpstreamError> {
         let connect = TcpStream::connect(backend.address.as_str());
         let stream = match tokio::time::timeout(self.config.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
@@ -159,6 +189,34 @@ impl Upstreams {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(backend = %backend.address, error = %e, "set TCP_NODELAY failed");
         }
+        Ok(stream)
+    }
+
+    /// An idle socket to `backend` that is still open, if there is one.
+    pub fn take_raw(&self, backend: &Backend) -> Option<TcpStream> {
+        while let Some(idle) = backend.idle.raw.pop() {
+            if open(&idle.conn) {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Takes back a socket whose response was read to its end and that the backend
+    /// keeps open, unless the backend already has `max_idle_per_backend` idle ones.
+    pub fn put_back_raw(&self, backend: &Backend, stream: TcpStream) {
+        if backend.idle.len() < self.config.max_idle_per_backend {
+            let sweep = self.sweeps.load(Ordering::Relaxed);
+            backend.idle.raw.push(Idle {
+                conn: stream,
+                sweep,
+            });
+        }
+    }
+
+    /// Opens a connection to `backend` and starts the task that drives it.
+    async fn connect(&self, backend: &Backend) -> Result<Sender, UpstreamError> {
+        let stream = self.connect_tcp(backend).await?;
         let (sender, conn) = self
             .builder
             .handshake(TokioIo::new(stream))
@@ -178,7 +236,10 @@ impl Upstreams {
     pub fn put_back(&self, backend: &Backend, sender: Sender) {
         if backend.idle.len() < self.config.max_idle_per_backend && !sender.is_closed() {
             let sweep = self.sweeps.load(Ordering::Relaxed);
-            backend.idle.queue.push(Idle { sender, sweep });
+            backend.idle.queue.push(Idle {
+                conn: sender,
+                sweep,
+            });
         }
     }
 

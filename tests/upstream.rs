@@ -7,21 +7,12 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, StatusCode};
-use support::{Conn, Proxy, TestBackend, get, request, spawn_get};
+use support::{Conn, Proxy, TestBackend, eventually, get, request, spawn_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-/// Polls `what` every 20 ms until it holds; fails after 5 s naming `why`.
-async fn eventually(why: &str, what: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !what() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {why}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_of_every_shape_reuse_one_upstream_connection() {

@@ -543,6 +543,18 @@ pub fn request(method: Method, path: &str, body: &str) -> Request<Full<Bytes>> {
         .expect("request")
 }
 
+/// Polls `what` every 20 ms until it holds; fails after 5 s naming `why`.
+pub async fn eventually(why: &str, what: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !what() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// GET on a fresh connection.
 pub async fn get(addr: SocketAddr, path: &str) -> Answer {
     Conn::open(addr).await.get(path).await

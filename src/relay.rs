@@ -1,0 +1,537 @@
+//! The HTTP/1.1 relay: the data path for the plain, common request.
+//!
+//! Each client connection starts here. A request the relay takes on (see
+//! [`h1::parse_request`]) is read whole (head and a body of known, bounded length),
+//! routed and counted like any other, and its head rewritten as bytes for a kept-alive
+//! socket to the chosen backend; the response head comes back the same way and the body
+//! is copied through by its framing. No `HeaderMap` is built and no task is spawned per
+//! request: this is how nginx and HAProxy forward, and it is where most of a proxy's
+//! per-request cost goes otherwise (see README, Performance).
+//!
+//! Everything else goes to hyper for the rest of the connection, with the bytes read
+//! so far replayed first: HTTP/2, HTTP/1.0, upgrades, `Expect`, chunked or large
+//! uploads, absolute-form targets, and any head the relay cannot parse (hyper answers
+//! 400 or 431). The routing, the in-flight guard, the metrics and the error answers are
+//! the same on both paths.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use crate::drain::{AccessEntry, InFlight};
+use crate::error::ProxyError;
+use crate::h1::{self, BadResponse, Chunked, Framing, Parsed};
+use crate::metrics::ErrorKind;
+use crate::proxy::{Peer, Proxy};
+use crate::upstream::UpstreamError;
+
+/// Serves one client connection until it closes, times out, or shutdown is signalled
+/// (then after its current response).
+pub async fn serve(
+    stream: TcpStream,
+    peer: Peer,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<()>,
+) {
+    let mut c = Conn {
+        client: stream,
+        buf: BytesMut::with_capacity(READ_SIZE),
+        up: BytesMut::new(),
+        out: Vec::with_capacity(1024),
+        peer,
+    };
+    let timer = tokio::time::sleep(header_timeout);
+    tokio::pin!(timer);
+    loop {
+        timer.as_mut().reset(Instant::now() + header_timeout);
+        let next = next_request(
+            &mut c,
+            &proxy,
+            timer.as_mut(),
+            header_timeout,
+            &mut shutdown,
+        );
+        let mut ex = match next.await {
+            Next::Request(ex) => ex,
+            Next::Answered { keep_alive: true } => continue,
+            Next::Answered { keep_alive: false } | Next::Close => return,
+            Next::Decline(why) => {
+                tracing::trace!(?why, "left to hyper");
+                return hand_off(c, proxy, &builder, shutdown).await;
+            }
+        };
+        // The last response on this connection when the client said so or shutdown began.
+        ex.close |= shutdown.has_changed().unwrap_or(true);
+        let keep_alive = exchange(&mut c, &proxy, &mut ex, timer.as_mut()).await;
+        if !keep_alive || ex.close {
+            return;
+        }
+    }
+}
+
+/// Bytes asked of the kernel per read.
+const READ_SIZE: usize = 16 * 1024;
+
+/// One client connection and its buffers, reused across its requests.
+struct Conn {
+    client: TcpStream,
+    /// Bytes from the client not yet handled (the next request may already be here).
+    buf: BytesMut,
+    /// Bytes from the backend not yet relayed.
+    up: BytesMut,
+    /// The next bytes to write: a request for the backend, then a response head.
+    out: Vec<u8>,
+    peer: Peer,
+}
+
+/// A routed request, its bytes in `Conn::out`, waiting for its backend.
+struct Exchange {
+    in_flight: InFlight,
+    /// May be sent again on a fresh connection (RFC 9112 §9.3.1.1).
+    idempotent: bool,
+    /// A HEAD request: no response body whatever the fields say.
+    head: bool,
+    /// The client asked to close after this response.
+    close: bool,
+}
+
+enum Next {
+    Request(Exchange),
+    /// Answered locally (no healthy backend).
+    Answered {
+        keep_alive: bool,
+    },
+    Decline(h1::Decline),
+    Close,
+}
+
+/// Reads until a whole request is buffered, then routes it, picks a backend and writes
+/// the request as the backend gets it into `c.out`. The head must come within
+/// `timeout`; once it has, each read of the body gets `timeout` anew (nginx's
+/// `client_body_timeout`).
+async fn next_request(
+    c: &mut Conn,
+    proxy: &Proxy,
+    mut timer: Pin<&mut Sleep>,
+    timeout: Duration,
+    shutdown: &mut watch::Receiver<()>,
+) -> Next {
+    let mut reading_body = false;
+    loop {
+        if !c.buf.is_empty() {
+            let mut storage = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+            match h1::parse_request(&c.buf, &mut storage) {
+                Parsed::Complete(req) => {
+                    // A body of at most MAX_BUFFERED_BODY bytes: fits in usize.
+                    let total = req.head_len + req.body_len as usize;
+                    if c.buf.len() >= total {
+                        let next = begin(proxy, &req, &c.buf[..total], &c.peer, &mut c.out);
+                        c.buf.advance(total);
+                        match next {
+                            Ok(ex) => return Next::Request(ex),
+                            Err(close) => {
+                                let written = c.client.write_all(&c.out).await.is_ok();
+                                return Next::Answered {
+                                    keep_alive: written && !close,
+                                };
+                            }
+                        }
+                    }
+                    reading_body = true;
+                }
+                Parsed::Partial => {}
+                Parsed::Decline(why) => return Next::Decline(why),
+            }
+        }
+        if c.buf.capacity() - c.buf.len() < READ_SIZE / 4 {
+            c.buf.reserve(READ_SIZE);
+        }
+        tokio::select! {
+            biased;
+            read = c.client.read_buf(&mut c.buf) => match read {
+                Ok(0) | Err(_) => return Next::Close,
+                Ok(_) if reading_body => timer.as_mut().reset(Instant::now() + timeout),
+                Ok(_) => {}
+            },
+            () = &mut timer => {
+                tracing::debug!(peer = %c.peer.addr, "no complete request in time; closing");
+                return Next::Close;
+            }
+            _ = shutdown.changed(), if c.buf.is_empty() => return Next::Close,
+        }
+    }
+}
+
+/// Routes a whole buffered request (`bytes`: head and body) and writes it for its
+/// backend into `out`. `Err(close)` when it was answered locally instead (503), with
+/// that answer in `out`.
+fn begin(
+    proxy: &Proxy,
+    req: &h1::Request<'_, '_>,
+    bytes: &[u8],
+    peer: &Peer,
+    out: &mut Vec<u8>,
+) -> Result<Exchange, bool> {
+    out.clear();
+    let mut in_flight = {
+        let snap = proxy.snapshot.load();
+        let color = snap.route(req);
+        let Some(backend) = snap.pool(color).pick() else {
+            proxy.tracker.telemetry().finish(color, 503, Duration::ZERO);
+            let err = ProxyError::NoBackend { color };
+            tracing::warn!(peer = %peer.addr, error = %err, "proxy error");
+            h1::write_local(err.status(), err.client_message(), req.close, out);
+            return Err(req.close);
+        };
+        proxy.tracker.start(color, backend)
+    };
+    if proxy.tracker.telemetry().access_log.is_some() {
+        in_flight.access = Some(Box::new(AccessEntry {
+            method: http::Method::from_bytes(req.method.as_bytes()).unwrap_or_default(),
+            target: req.target.to_owned(),
+            peer: peer.addr,
+        }));
+    }
+    req.write_forwarded(peer.forwarded_for.as_bytes(), out);
+    out.extend_from_slice(&bytes[req.head_len..]);
+    Ok(Exchange {
+        in_flight,
+        idempotent: h1::idempotent(req.method),
+        head: req.method == "HEAD",
+        close: req.close,
+    })
+}
+
+/// How one attempt at the backend went, before any of its response reached the client.
+enum Failure {
+    Connect(UpstreamError),
+    /// Nothing came back on a reused connection: it may be retried.
+    Unanswered(io::Error),
+    Io(io::Error),
+    Bad(BadResponse),
+    Timeout,
+    /// The client closed its connection while waiting.
+    ClientGone,
+}
+
+/// What the client is sent of a response head.
+struct Head {
+    code: u16,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Sends `c.out` to the backend and relays the response. Returns whether the client
+/// connection can take another request.
+async fn exchange(
+    c: &mut Conn,
+    proxy: &Proxy,
+    ex: &mut Exchange,
+    mut timer: Pin<&mut Sleep>,
+) -> bool {
+    let backend = Arc::clone(ex.in_flight.backend());
+    let upstreams = Arc::clone(ex.in_flight.tracker().upstreams());
+    timer
+        .as_mut()
+        .reset(Instant::now() + proxy.response_timeout);
+    let color = proxy.color_header.then(|| ex.in_flight.color().as_str());
+    let (mut upstream, head) = loop {
+        let (mut upstream, reused) = match upstreams.take_raw(&backend) {
+            Some(stream) => (stream, true),
+            None => match upstreams.connect_tcp(&backend).await {
+                Ok(stream) => (stream, false),
+                Err(e) => return failed(c, proxy, ex, Failure::Connect(e)).await,
+            },
+        };
+        c.up.clear();
+        match response_head(c, &mut upstream, ex, color, timer.as_mut()).await {
+            Ok(head) => break (upstream, head),
+            Err(Failure::Unanswered(_)) if reused && ex.idempotent => continue,
+            Err(Failure::Unanswered(e)) => return failed(c, proxy, ex, Failure::Io(e)).await,
+            Err(failure) => return failed(c, proxy, ex, failure).await,
+        }
+    };
+    ex.in_flight.backend().record(head.code < 500);
+    ex.in_flight.status = head.code;
+    let reusable = match relay_body(c, &mut upstream, head.framing, &mut ex.in_flight).await {
+        Ok(complete) => complete && head.keep_alive && c.up.is_empty(),
+        Err(e) => {
+            tracing::debug!(peer = %c.peer.addr, error = %e, "response relay ended early");
+            return false;
+        }
+    };
+    if reusable {
+        upstreams.put_back_raw(&backend, upstream);
+    }
+    head.framing != Framing::Close
+}
+
+/// Writes the request and reads the response head, passing 1xx heads through; leaves
+/// the client's head for the final response in `c.out` and its first body bytes in
+/// `c.up`.
+async fn response_head(
+    c: &mut Conn,
+    upstream: &mut TcpStream,
+    ex: &Exchange,
+    color: Option<&str>,
+    mut timer: Pin<&mut Sleep>,
+) -> Result<Head, Failure> {
+    if let Err(e) = upstream.write_all(&c.out).await {
+        return Err(Failure::Unanswered(e));
+    }
+    let mut answered = false;
+    loop {
+        if !c.up.is_empty() {
+            let mut storage = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+            if let Some(resp) =
+                h1::parse_response(&c.up, &mut storage, ex.head).map_err(Failure::Bad)?
+            {
+                if !answered {
+                    c.out.clear();
+                    answered = true;
+                }
+                let head = Head {
+                    code: resp.code,
+                    framing: resp.framing,
+                    keep_alive: resp.keep_alive,
+                };
+                let close = ex.close || head.framing == Framing::Close;
+                resp.write_forwarded(color, close, &mut c.out);
+                let head_len = resp.head_len;
+                c.up.advance(head_len);
+                if head.code >= 200 {
+                    return Ok(head);
+                }
+                // 1xx (RFC 9110 §15.2): passed on ahead of the final response.
+                continue;
+            }
+        }
+        if c.up.capacity() - c.up.len() < READ_SIZE / 4 {
+            c.up.reserve(READ_SIZE);
+        }
+        tokio::select! {
+            biased;
+            read = upstream.read_buf(&mut c.up) => match read {
+                Ok(0) if c.up.is_empty() && !answered => {
+                    return Err(Failure::Unanswered(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(0) => return Err(Failure::Io(io::ErrorKind::UnexpectedEof.into())),
+                Err(e) if c.up.is_empty() && !answered => return Err(Failure::Unanswered(e)),
+                Err(e) => return Err(Failure::Io(e)),
+                Ok(_) => {}
+            },
+            () = &mut timer => return Err(Failure::Timeout),
+            // A client that leaves stops the wait; a pipelining one has its next request
+            // kept (up to a head's worth).
+            read = c.client.read_buf(&mut c.buf), if c.buf.len() < h1::MAX_HEAD => match read {
+                Ok(0) | Err(_) => return Err(Failure::ClientGone),
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// Writes `c.out` (the response head) and the body after it to the client. Returns
+/// whether the body ended where its framing says (else the backend closed first).
+async fn relay_body(
+    c: &mut Conn,
+    upstream: &mut TcpStream,
+    framing: Framing,
+    in_flight: &mut InFlight,
+) -> io::Result<bool> {
+    let mut remaining = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut chunked = Chunked::default();
+    // The part of `bytes` that is body; whether the body is complete after it.
+    let mut take = |bytes: &[u8]| -> io::Result<(usize, bool)> {
+        Ok(match framing {
+            Framing::Empty => (0, true),
+            Framing::Length(_) => {
+                let n = bytes
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                remaining -= n as u64;
+                (n, remaining == 0)
+            }
+            Framing::Chunked => {
+                let n = chunked
+                    .advance(bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                (n, chunked.is_done())
+            }
+            Framing::Close => (bytes.len(), false),
+        })
+    };
+    let (n, mut done) = take(&c.up)?;
+    c.out.extend_from_slice(&c.up[..n]);
+    c.up.advance(n);
+    in_flight.bytes += n as u64;
+    c.client.write_all(&c.out).await?;
+    while !done {
+        c.up.clear();
+        c.up.reserve(4 * READ_SIZE);
+        if upstream.read_buf(&mut c.up).await? == 0 {
+            return match framing {
+                Framing::Close => Ok(false),
+                _ => Err(io::ErrorKind::UnexpectedEof.into()),
+            };
+        }
+        let (n, complete) = take(&c.up)?;
+        done = complete;
+        c.client.write_all(&c.up[..n]).await?;
+        c.up.advance(n);
+        in_flight.bytes += n as u64;
+    }
+    Ok(true)
+}
+
+/// Books a failed attempt (the backend's run of failures, the error counter, the log)
+/// and answers the client with the status that says why.
+async fn failed(c: &mut Conn, proxy: &Proxy, ex: &mut Exchange, failure: Failure) -> bool {
+    let in_flight = &mut ex.in_flight;
+    let (backend, color) = (in_flight.backend().address.clone(), in_flight.color());
+    let (kind, err) = match failure {
+        Failure::Connect(e) => (
+            ErrorKind::Connect,
+            ProxyError::Connect {
+                backend,
+                color,
+                cause: e.to_string(),
+            },
+        ),
+        Failure::ClientGone => {
+            // Nobody to answer, and the backend's answer, if any, is not read: not the
+            // backend's failure. The request ends with no status (as on hyper's path).
+            tracing::debug!(peer = %c.peer.addr, "client closed before the response");
+            return false;
+        }
+        Failure::Timeout => (
+            ErrorKind::Timeout,
+            ProxyError::Timeout {
+                backend,
+                color,
+                after: proxy.response_timeout,
+            },
+        ),
+        Failure::Unanswered(e) | Failure::Io(e) => (
+            ErrorKind::Reset,
+            ProxyError::Upstream {
+                backend,
+                color,
+                cause: e.to_string(),
+            },
+        ),
+        Failure::Bad(e) => (
+            ErrorKind::Protocol,
+            ProxyError::Upstream {
+                backend,
+                color,
+                cause: e.to_string(),
+            },
+        ),
+    };
+    in_flight.backend().record(false);
+    in_flight.tracker().telemetry().upstream_error(color, kind);
+    in_flight.status = err.status().as_u16();
+    tracing::warn!(peer = %c.peer.addr, error = %err, "proxy error");
+    c.out.clear();
+    h1::write_local(err.status(), err.client_message(), ex.close, &mut c.out);
+    c.client.write_all(&c.out).await.is_ok()
+}
+
+/// Serves the rest of the connection with hyper, starting with the bytes already read.
+async fn hand_off(
+    c: Conn,
+    proxy: Arc<Proxy>,
+    builder: &auto::Builder<TokioExecutor>,
+    mut shutdown: watch::Receiver<()>,
+) {
+    let Conn {
+        client, buf, peer, ..
+    } = c;
+    let io = Rewind {
+        read: buf.freeze(),
+        inner: client,
+    };
+    let service = service_fn(move |req| proxy.forward(req, &peer));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = shutdown.changed() => {
+            // HTTP/1 closes after its current response, HTTP/2 sends GOAWAY.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// A socket whose first bytes were already read: they are read again first.
+struct Rewind {
+    read: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
