@@ -1,24 +1,33 @@
-//! HTTP/1.1 message heads and framing for the [`relay`](crate::relay) (RFC 9112): which
-//! client requests the relay takes on, how a head is rewritten for the next hop, and
-//! where a response body ends.
+//! HTTP/1.1 message heads for the [`relay`](crate::relay) (RFC 9112): which client
+//! requests the relay takes on, how a head is rewritten for the next hop, and how a
+//! response body is delimited.
 //!
-//! Heads are parsed with `httparse` and forwarded as bytes: the fields a hop keeps are
-//! copied as they came, the hop-by-hop ones are left out and ours appended. Nothing here
-//! builds a `HeaderMap`. Anything unusual is *declined*: the connection goes to hyper,
-//! which answers it (400, 431, 100-continue, upgrades, chunked uploads, HTTP/1.0 and
-//! HTTP/2). So the relay never decides a request is malformed on its own.
+//! Heads are parsed with `httparse` and forwarded as bytes: each field is classified
+//! once by its name, the runs of fields a hop keeps are copied as they came (when every
+//! line ends in CRLF), the hop-by-hop ones are left out and ours appended. Nothing here
+//! builds a `HeaderMap`. Anything unusual in a request is *declined*: the connection
+//! goes to hyper, which answers it (400, 431, 100-continue, upgrades, chunked uploads,
+//! HTTP/1.0 and HTTP/2). So the relay never decides a request is malformed on its own.
 
-use std::fmt;
+use std::mem::MaybeUninit;
 
-use httparse::{Header, Status};
+use httparse::{Header, ParserConfig, Status};
 
-/// Most fields a head may have (hyper's default limit too).
+/// Most fields a head may have (hyper's default limit too); one bit each in a `u128`.
 pub const MAX_HEADERS: usize = 100;
 /// A request head not complete within this many bytes is left to hyper (which answers 431).
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Request bodies up to this size are read whole before the request is forwarded (as
 /// nginx's `proxy_request_buffering` does); larger ones are left to hyper, which streams.
 pub const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
+
+/// Room for a head's fields; httparse fills it without it being initialised first.
+pub type Fields<'b> = [MaybeUninit<Header<'b>>; MAX_HEADERS];
+
+/// Empty room for a head's fields.
+pub const fn fields<'b>() -> Fields<'b> {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
 
 /// A client request head the relay forwards itself.
 pub struct Request<'h, 'b> {
@@ -34,8 +43,12 @@ pub struct Request<'h, 'b> {
     pub close: bool,
     /// The Host value (required: exactly one).
     pub host: &'b [u8],
-    /// Field names the client listed in `Connection` (RFC 9110 §7.6.1), to leave out.
-    connection_named: Names<'b>,
+    /// The first X-Forwarded-For value, which ours extends.
+    forwarded_for: Option<&'b [u8]>,
+    /// The bytes the head was parsed from, for copying kept fields as they are.
+    buf: &'b [u8],
+    /// Fields (by index) not forwarded.
+    skip: u128,
 }
 
 /// What to do with the bytes a connection has sent so far.
@@ -48,7 +61,7 @@ pub enum Parsed<T> {
 }
 
 /// Why a request is left to hyper (for the debug log).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decline {
     Unparsable,
     HeadTooLarge,
@@ -61,14 +74,8 @@ pub enum Decline {
     BadContentLength,
     LargeBody,
     BadHost,
+    BareLineFeed,
     ManyConnectionOptions,
-}
-
-/// A few field names, without allocating.
-#[derive(Default)]
-struct Names<'b> {
-    names: [&'b [u8]; 8],
-    len: usize,
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -91,7 +98,15 @@ pub struct Response<'h, 'b> {
     pub framing: Framing,
     /// The backend keeps the connection open afterwards (HTTP/1.1 without `close`).
     pub keep_alive: bool,
-    connection_named: Names<'b>,
+    buf: &'b [u8],
+    /// Fields (by index) not forwarded.
+    skip: u128,
+    /// The backend's own `x-cutover-color` fields, replaced when ours is on.
+    color_fields: u128,
+    /// It has a Date field.
+    dated: bool,
+    /// Every line ends in CRLF, so kept fields can be copied as they are.
+    crlf: bool,
 }
 
 /// The backend's response cannot be forwarded: RFC 9112 §6.3 says a proxy answers 502.
@@ -107,8 +122,55 @@ pub enum BadResponse {
     TransferEncoding,
     #[error("unexpected 101 Switching Protocols")]
     Switching,
-    #[error("malformed chunked body")]
-    Chunked,
+    #[error(transparent)]
+    Chunked(#[from] crate::chunked::Malformed),
+}
+
+/// How the relay treats a field, from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// End to end: forwarded unless `Connection` names it.
+    Other,
+    /// RFC 9110 §7.6.1 hop-by-hop (Keep-Alive, Proxy-Connection, TE, Trailer).
+    HopByHop,
+    Connection,
+    Upgrade,
+    TransferEncoding,
+    ContentLength,
+    Host,
+    Expect,
+    Date,
+    ForwardedFor,
+    /// X-Forwarded-Proto and X-Forwarded-Host: ours replace them.
+    Forwarded,
+    CutoverColor,
+}
+
+/// At most one full comparison per field: the length and the first letter (in either
+/// case) pick the one name it can be.
+fn classify(name: &[u8]) -> Field {
+    let Some(&first) = name.first() else {
+        return Field::Other;
+    };
+    let is = |known: &[u8]| eq_lowercase(name, known);
+    match (name.len(), first | 0x20) {
+        (2, b't') if is(b"te") => Field::HopByHop,
+        (4, b'h') if is(b"host") => Field::Host,
+        (4, b'd') if is(b"date") => Field::Date,
+        (6, b'e') if is(b"expect") => Field::Expect,
+        (7, b'u') if is(b"upgrade") => Field::Upgrade,
+        (7, b't') if is(b"trailer") => Field::HopByHop,
+        (10, b'c') if is(b"connection") => Field::Connection,
+        (10, b'k') if is(b"keep-alive") => Field::HopByHop,
+        (14, b'c') if is(b"content-length") => Field::ContentLength,
+        (15, b'x') if is(b"x-forwarded-for") => Field::ForwardedFor,
+        (15, b'x') if is(b"x-cutover-color") => Field::CutoverColor,
+        (16, b'p') if is(b"proxy-connection") => Field::HopByHop,
+        (16, b'x') if is(b"x-forwarded-host") => Field::Forwarded,
+        (17, b't') if is(b"transfer-encoding") => Field::TransferEncoding,
+        (17, b'x') if is(b"x-forwarded-proto") => Field::Forwarded,
+        _ => Field::Other,
+    }
 }
 
 // === requests ===
@@ -116,10 +178,10 @@ pub enum BadResponse {
 /// Parses a request head at the start of `buf`.
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
-    storage: &'h mut [Header<'b>; MAX_HEADERS],
+    storage: &'h mut Fields<'b>,
 ) -> Parsed<Request<'h, 'b>> {
-    let mut req = httparse::Request::new(storage);
-    let head_len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, storage) {
         Ok(Status::Complete(n)) => n,
         Ok(Status::Partial) if buf.len() > MAX_HEAD => {
             return Parsed::Decline(Decline::HeadTooLarge);
@@ -140,6 +202,11 @@ pub fn parse_request<'h, 'b>(
         return Parsed::Decline(Decline::NotOriginForm);
     }
     let headers: &'h [Header<'b>] = req.headers;
+    // Forwarded as they came, so a bare LF that this parser took as a line end cannot
+    // reach a backend that does not (RFC 9112 §2.2); hyper rewrites such heads.
+    if !lines_end_in_crlf(buf, headers, head_len) {
+        return Parsed::Decline(Decline::BareLineFeed);
+    }
     let mut out = Request {
         method,
         target,
@@ -148,33 +215,43 @@ pub fn parse_request<'h, 'b>(
         body_len: 0,
         close: false,
         host: b"",
-        connection_named: Names::default(),
+        forwarded_for: None,
+        buf,
+        skip: 0,
     };
-    let (mut hosts, mut lengths) = (0, 0);
-    for h in headers {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-            out.host = h.value;
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            // RFC 9112 §6.3: several or invalid lengths are an error; hyper answers it.
-            lengths += 1;
-            match parse_length(h.value) {
-                Some(n) => out.body_len = n,
-                None => return Parsed::Decline(Decline::BadContentLength),
+    let (mut hosts, mut lengths, mut named) = (0, 0, Names::default());
+    for (i, h) in headers.iter().enumerate() {
+        let field = classify(h.name.as_bytes());
+        match field {
+            Field::Other | Field::Date | Field::CutoverColor => continue,
+            Field::Host => {
+                hosts += 1;
+                out.host = h.value;
+                continue;
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            return Parsed::Decline(Decline::TransferEncoding);
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            return Parsed::Decline(Decline::Upgrade);
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            return Parsed::Decline(Decline::Expect);
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            match connection_options(h.value, &mut out.connection_named) {
+            Field::ContentLength => {
+                // RFC 9112 §6.3: several or invalid lengths are an error; hyper answers it.
+                lengths += 1;
+                match parse_length(h.value) {
+                    Some(n) => out.body_len = n,
+                    None => return Parsed::Decline(Decline::BadContentLength),
+                }
+                continue;
+            }
+            Field::TransferEncoding => return Parsed::Decline(Decline::TransferEncoding),
+            Field::Upgrade => return Parsed::Decline(Decline::Upgrade),
+            Field::Expect => return Parsed::Decline(Decline::Expect),
+            Field::Connection => match connection_options(h.value, &mut named) {
                 Some(close) => out.close |= close,
                 None => return Parsed::Decline(Decline::ManyConnectionOptions),
+            },
+            Field::ForwardedFor => {
+                // The first chain, as the hyper path keeps it; later ones are dropped.
+                out.forwarded_for.get_or_insert(h.value);
             }
+            Field::HopByHop | Field::Forwarded => {}
         }
+        out.skip |= 1 << i;
     }
     if hosts != 1 || out.host.is_empty() {
         return Parsed::Decline(Decline::BadHost);
@@ -185,6 +262,7 @@ pub fn parse_request<'h, 'b>(
     if out.body_len > MAX_BUFFERED_BODY {
         return Parsed::Decline(Decline::LargeBody);
     }
+    out.skip |= named.matching(headers);
     Parsed::Complete(out)
 }
 
@@ -202,29 +280,15 @@ impl Request<'_, '_> {
     /// hop-by-hop ones (RFC 9110 §7.6.1), with X-Forwarded-For extended by `peer` and
     /// X-Forwarded-Proto, X-Forwarded-Host and Via set by us.
     pub fn write_forwarded(&self, peer: &[u8], out: &mut Vec<u8>) {
-        out.extend_from_slice(self.method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(self.target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut forwarded_for: Option<&[u8]> = None;
-        for h in self.headers {
-            let name = h.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-                // The first chain, as the hyper path keeps it; later ones are dropped.
-                forwarded_for.get_or_insert(h.value);
-                continue;
-            }
-            if is_hop_by_hop(name)
-                || self.connection_named.contains(name)
-                || name.eq_ignore_ascii_case(b"x-forwarded-proto")
-                || name.eq_ignore_ascii_case(b"x-forwarded-host")
-            {
-                continue;
-            }
-            push_field(out, name, h.value);
-        }
+        let end = self.head_len - 2;
+        let fields = self
+            .headers
+            .first()
+            .map_or(end, |h| offset(self.buf, h.name));
+        out.extend_from_slice(&self.buf[..fields]);
+        copy_fields(self.buf, self.headers, self.skip, end, out);
         out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(chain) = forwarded_for.filter(|v| !v.is_empty()) {
+        if let Some(chain) = self.forwarded_for.filter(|v| !v.is_empty()) {
             out.extend_from_slice(chain);
             out.extend_from_slice(b", ");
         }
@@ -241,11 +305,13 @@ impl Request<'_, '_> {
 /// HEAD (no body follows whatever the fields say).
 pub fn parse_response<'h, 'b>(
     buf: &'b [u8],
-    storage: &'h mut [Header<'b>; MAX_HEADERS],
+    storage: &'h mut Fields<'b>,
     head_request: bool,
 ) -> Result<Option<Response<'h, 'b>>, BadResponse> {
-    let mut resp = httparse::Response::new(storage);
-    let head_len = match resp.parse(buf) {
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed =
+        ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, storage);
+    let head_len = match parsed {
         Ok(Status::Complete(n)) => n,
         Ok(Status::Partial) if buf.len() > MAX_HEAD => return Err(BadResponse::TooLarge),
         Ok(Status::Partial) => return Ok(None),
@@ -265,41 +331,57 @@ pub fn parse_response<'h, 'b>(
         head_len,
         framing: Framing::Close,
         keep_alive: version == 1,
-        connection_named: Names::default(),
+        buf,
+        skip: 0,
+        color_fields: 0,
+        dated: false,
+        crlf: lines_end_in_crlf(buf, headers, head_len),
     };
-    let (mut length, mut chunked) = (None, false);
-    for h in headers {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_length(h.value).ok_or(BadResponse::ContentLength)?;
-            if length.is_some_and(|m| m != n) {
-                return Err(BadResponse::ContentLength);
+    let (mut length, mut lengths, mut chunked, mut named) = (None, 0u128, false, Names::default());
+    for (i, h) in headers.iter().enumerate() {
+        match classify(h.name.as_bytes()) {
+            Field::ContentLength => {
+                let n = parse_length(h.value).ok_or(BadResponse::ContentLength)?;
+                if length.is_some_and(|m| m != n) {
+                    return Err(BadResponse::ContentLength);
+                }
+                length = Some(n);
+                lengths |= 1 << i;
             }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // Only `chunked` is relayed; another coding would have to be named to the
-            // client as well (RFC 9112 §6.1), which the relay does not do.
-            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(BadResponse::TransferEncoding);
+            Field::TransferEncoding => {
+                // Only `chunked` is relayed; another coding would have to be named to
+                // the client as well (RFC 9112 §6.1), which the relay does not do.
+                if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return Err(BadResponse::TransferEncoding);
+                }
+                chunked = true;
+                out.skip |= 1 << i;
             }
-            chunked = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            // Too many options: keep none of the connection, drop none of the fields
-            // beyond the fixed hop-by-hop ones.
-            match connection_options(h.value, &mut out.connection_named) {
-                Some(close) => out.keep_alive &= !close,
-                None => out.keep_alive = false,
+            Field::Connection => {
+                match connection_options(h.value, &mut named) {
+                    Some(close) => out.keep_alive &= !close,
+                    // Too many options: the connection is not kept.
+                    None => out.keep_alive = false,
+                }
+                out.skip |= 1 << i;
             }
+            Field::HopByHop | Field::Upgrade => out.skip |= 1 << i,
+            Field::CutoverColor => out.color_fields |= 1 << i,
+            Field::Date => out.dated = true,
+            _ => {}
         }
     }
+    out.skip |= named.matching(headers);
     // RFC 9112 §6.3, in its order: no body for HEAD, 1xx, 204 and 304; then chunked;
     // then Content-Length; else until close. A response with both Transfer-Encoding
-    // and Content-Length is framed by the former, and the connection is not reused.
+    // and Content-Length is framed by the former, without the latter, and the
+    // connection is not reused.
     out.framing = if head_request || code < 200 || code == 204 || code == 304 {
         Framing::Empty
     } else if chunked {
         if length.is_some() {
             out.keep_alive = false;
+            out.skip |= lengths;
         }
         Framing::Chunked
     } else if let Some(n) = length {
@@ -327,21 +409,22 @@ impl Response<'_, '_> {
         ]);
         out.extend_from_slice(self.reason.as_bytes());
         out.extend_from_slice(b"\r\n");
-        let mut dated = false;
-        for h in self.headers {
-            let name = h.name.as_bytes();
-            if is_hop_by_hop(name)
-                || self.connection_named.contains(name)
-                || (color.is_some() && name.eq_ignore_ascii_case(b"x-cutover-color"))
-                || (self.framing == Framing::Chunked
-                    && name.eq_ignore_ascii_case(b"content-length"))
-            {
-                continue;
+        let skip = self.skip
+            | if color.is_some() {
+                self.color_fields
+            } else {
+                0
+            };
+        if self.crlf {
+            copy_fields(self.buf, self.headers, skip, self.head_len - 2, out);
+        } else {
+            for (i, h) in self.headers.iter().enumerate() {
+                if skip & (1 << i) == 0 {
+                    push_field(out, h.name.as_bytes(), h.value);
+                }
             }
-            dated |= name.eq_ignore_ascii_case(b"date");
-            push_field(out, name, h.value);
         }
-        if !dated {
+        if !self.dated {
             // RFC 9110 §6.6.1: a recipient with a clock adds Date when forwarding a
             // response without one.
             out.extend_from_slice(b"date: ");
@@ -381,137 +464,13 @@ pub fn write_local(status: http::StatusCode, text: &str, close: bool, out: &mut 
     out.extend_from_slice(text.as_bytes());
 }
 
-// === chunked bodies ===
-
-/// Finds the end of a chunked body (RFC 9112 §7.1) in the bytes relayed through it,
-/// strictly: CRLF line ends, hex sizes that fit in 64 bits, trailers bounded. What it
-/// accepts a lenient recipient reads the same way, so the client and the relay agree
-/// on where the body ends.
-#[derive(Debug, Default)]
-pub struct Chunked {
-    state: ChunkState,
-    /// Bytes of the current chunk's data still to come; digits while reading a size.
-    size: u64,
-    digits: u8,
-    /// Trailer bytes so far.
-    trailer: usize,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    #[default]
-    Size,
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    TrailerStart,
-    TrailerLine,
-    TrailerLf,
-    EndLf,
-    Done,
-}
-
-impl Chunked {
-    pub fn is_done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-
-    /// Reads `bytes` (the next ones of the body); returns how many belong to it. Fewer
-    /// than `bytes.len()` only when the body ended.
-    pub fn advance(&mut self, bytes: &[u8]) -> Result<usize, BadResponse> {
-        use ChunkState::*;
-        let mut i = 0;
-        while i < bytes.len() && self.state != Done {
-            if self.state == Data {
-                let take = (bytes.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
-                i += take;
-                self.size -= take as u64;
-                if self.size == 0 {
-                    self.state = DataCr;
-                }
-                continue;
-            }
-            let b = bytes[i];
-            i += 1;
-            self.state = match (self.state, b) {
-                (Size, b) if b.is_ascii_hexdigit() => {
-                    if self.digits == 16 {
-                        return Err(BadResponse::Chunked);
-                    }
-                    self.digits += 1;
-                    self.size = self.size << 4 | u64::from(hex_value(b));
-                    Size
-                }
-                (Size, b'\r') if self.digits > 0 => SizeLf,
-                (Size, b';' | b' ' | b'\t') if self.digits > 0 => Extension,
-                (Extension, b'\r') => SizeLf,
-                (Extension, b) if b != b'\n' => Extension,
-                (SizeLf, b'\n') if self.size == 0 => TrailerStart,
-                (SizeLf, b'\n') => Data,
-                (DataCr, b'\r') => DataLf,
-                (DataLf, b'\n') => {
-                    self.digits = 0;
-                    Size
-                }
-                (TrailerStart, b'\r') => EndLf,
-                (TrailerStart | TrailerLine, b) if b != b'\n' && b != b'\r' => TrailerLine,
-                (TrailerLine, b'\r') => TrailerLf,
-                (TrailerLf, b'\n') => TrailerStart,
-                (EndLf, b'\n') => Done,
-                _ => return Err(BadResponse::Chunked),
-            };
-            if matches!(self.state, TrailerLine) {
-                self.trailer += 1;
-                if self.trailer > MAX_HEAD {
-                    return Err(BadResponse::Chunked);
-                }
-            }
-        }
-        Ok(i)
-    }
-}
-
-fn hex_value(b: u8) -> u8 {
-    match b {
-        b'0'..=b'9' => b - b'0',
-        b'a'..=b'f' => b - b'a' + 10,
-        _ => b - b'A' + 10,
-    }
-}
-
 // === shared pieces ===
 
-/// RFC 9110 §7.6.1 names these hop-by-hop (with `Trailer`, per-hop framing too).
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 7] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-/// Reads one Connection value: records the field names it lists in `named`; returns
-/// whether it says `close`, or `None` when it lists more names than `named` holds.
-fn connection_options<'b>(value: &'b [u8], named: &mut Names<'b>) -> Option<bool> {
-    let mut close = false;
-    for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-        if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
-            continue;
-        }
-        if token.eq_ignore_ascii_case(b"close") {
-            close = true;
-        } else if !is_hop_by_hop(token) {
-            named.push(token)?;
-        }
-    }
-    Some(close)
+/// Field names listed in `Connection` (RFC 9110 §7.6.1), without allocating.
+#[derive(Default)]
+struct Names<'b> {
+    names: [&'b [u8]; 8],
+    len: usize,
 }
 
 impl<'b> Names<'b> {
@@ -521,10 +480,105 @@ impl<'b> Names<'b> {
         Some(())
     }
 
-    fn contains(&self, name: &[u8]) -> bool {
-        self.names[..self.len]
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(name))
+    /// The end-to-end fields these names remove. Framing and routing fields are never
+    /// removed this way: `Connection: content-length` must not unframe a message.
+    fn matching(&self, headers: &[Header<'_>]) -> u128 {
+        if self.len == 0 {
+            return 0;
+        }
+        let mut mask = 0;
+        for (i, h) in headers.iter().enumerate() {
+            let name = h.name.as_bytes();
+            if classify(name) == Field::Other
+                && self.names[..self.len]
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name))
+            {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+}
+
+/// Reads one Connection value: records the field names it lists in `named`; returns
+/// whether it says `close`, or `None` when it lists more names than `named` holds.
+fn connection_options<'b>(value: &'b [u8], named: &mut Names<'b>) -> Option<bool> {
+    // The usual values, without splitting.
+    if eq_lowercase(value, b"keep-alive") {
+        return Some(false);
+    }
+    if eq_lowercase(value, b"close") {
+        return Some(true);
+    }
+    let mut close = false;
+    for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        }
+        if token.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if classify(token) == Field::Other {
+            named.push(token)?;
+        }
+    }
+    Some(close)
+}
+
+/// `bytes` equals `lower` (lowercase letters and `-`) in any case, eight bytes at a
+/// time. Setting bit 5 lowercases a letter; no byte that can occur in a field name or
+/// value (httparse refuses CR and LF in either) becomes a letter or `-` that way unless
+/// it already is one in either case.
+fn eq_lowercase(bytes: &[u8], lower: &[u8]) -> bool {
+    if bytes.len() != lower.len() {
+        return false;
+    }
+    let (mut a, mut b) = (bytes.chunks_exact(8), lower.chunks_exact(8));
+    for (x, y) in (&mut a).zip(&mut b) {
+        let x = u64::from_ne_bytes(<[u8; 8]>::try_from(x).unwrap_or_default());
+        let y = u64::from_ne_bytes(<[u8; 8]>::try_from(y).unwrap_or_default());
+        if x | 0x2020_2020_2020_2020 != y {
+            return false;
+        }
+    }
+    (a.remainder().iter().zip(b.remainder())).all(|(x, y)| x | 0x20 == *y)
+}
+
+/// Where `part` (a slice of `buf`) starts in `buf`.
+fn offset(buf: &[u8], part: &str) -> usize {
+    part.as_ptr() as usize - buf.as_ptr() as usize
+}
+
+/// Whether the start line and every field line of the head end in CRLF (httparse also
+/// takes a bare LF). Each field line ends where the next one starts.
+fn lines_end_in_crlf(buf: &[u8], headers: &[Header<'_>], head_len: usize) -> bool {
+    let end = head_len - 2;
+    if buf[end..head_len] != *b"\r\n" {
+        return false;
+    }
+    let starts = headers.iter().map(|h| offset(buf, h.name));
+    starts
+        .chain([end])
+        .all(|line_end| buf[line_end - 2] == b'\r')
+}
+
+/// Copies the fields not in `skip` as they are in `buf`, in runs; `end` is where the
+/// empty line after the last field starts.
+fn copy_fields(buf: &[u8], headers: &[Header<'_>], skip: u128, end: usize, out: &mut Vec<u8>) {
+    let mut run: Option<usize> = None;
+    for (i, h) in headers.iter().enumerate() {
+        let skipped = skip & (1 << i) != 0;
+        match (run, skipped) {
+            (None, false) => run = Some(offset(buf, h.name)),
+            (Some(from), true) => {
+                out.extend_from_slice(&buf[from..offset(buf, h.name)]);
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = run {
+        out.extend_from_slice(&buf[from..end]);
     }
 }
 
@@ -564,16 +618,6 @@ fn parse_error(e: httparse::Error) -> &'static str {
     }
 }
 
-impl fmt::Debug for Request<'_, '_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Request")
-            .field("method", &self.method)
-            .field("target", &self.target)
-            .field("body_len", &self.body_len)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The current time as an IMF-fixdate, formatted at most once a second per thread.
 fn http_date() -> [u8; 29] {
     use std::cell::Cell;
@@ -601,44 +645,6 @@ fn http_date() -> [u8; 29] {
 mod tests {
     use super::*;
 
-    fn chunked(body: &[u8]) -> Result<(usize, bool), BadResponse> {
-        let mut c = Chunked::default();
-        // Byte by byte and whole must agree.
-        let mut one = Chunked::default();
-        let mut used = 0;
-        for b in body {
-            if one.is_done() {
-                break;
-            }
-            used += one.advance(std::slice::from_ref(b))?;
-        }
-        let n = c.advance(body)?;
-        assert_eq!((n, c.is_done()), (used, one.is_done()));
-        Ok((n, c.is_done()))
-    }
-
-    #[test]
-    fn a_chunked_body_ends_after_its_last_chunk_and_trailers_and_not_before() {
-        let body = b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nx-sum: 1\r\n\r\nNEXT";
-        assert_eq!(chunked(body), Ok((body.len() - 4, true)));
-        assert_eq!(chunked(b"5\r\nhel"), Ok((6, false)));
-        assert_eq!(chunked(b"0\r\n\r\n"), Ok((5, true)));
-    }
-
-    #[test]
-    fn malformed_chunked_bodies_are_refused() {
-        for bad in [
-            &b"x\r\n"[..],
-            b"5\nhello\r\n",
-            b"5\r\nhelloX\r\n",
-            b"11111111111111111\r\n",
-            b"\r\n",
-            b"0\r\nx-sum: 1\n\r\n",
-        ] {
-            assert_eq!(chunked(bad), Err(BadResponse::Chunked), "{bad:?}");
-        }
-    }
-
     #[test]
     fn content_length_must_be_digits_and_agree() {
         assert_eq!(parse_length(b"42"), Some(42));
@@ -658,7 +664,7 @@ mod tests {
 
     #[test]
     fn requests_outside_the_relay_are_declined_and_plain_ones_rewritten() {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut storage = fields();
         for (raw, why) in [
             (&b"GET / HTTP/1.0\r\n\r\n"[..], "NotHttp11"),
             (
@@ -699,5 +705,71 @@ mod tests {
             "GET /a?b HTTP/1.1\r\nHost: app\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.1, 127.0.0.1\r\n\
              x-forwarded-proto: http\r\nx-forwarded-host: app\r\nvia: 1.1 cutover\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn connection_cannot_remove_framing_or_routing_fields_and_bare_lf_is_declined() {
+        let mut storage = fields();
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length, host, x-a\r\n\
+                    X-A: 1\r\nContent-Length: 2\r\nX-B: 2\r\n\r\nhi";
+        let Parsed::Complete(req) = parse_request(raw, &mut storage) else {
+            panic!("not parsed");
+        };
+        let mut out = Vec::new();
+        req.write_forwarded(b"::1", &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nX-B: 2\r\nx-forwarded-for: ::1\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: a\r\nvia: 1.1 cutover\r\n\r\n"
+        );
+        let mut storage = fields();
+        let lf = parse_request(b"GET / HTTP/1.1\r\nHost: a\nX-A: 1\r\n\r\n", &mut storage);
+        assert!(matches!(lf, Parsed::Decline(Decline::BareLineFeed)));
+    }
+
+    #[test]
+    fn a_response_head_loses_hop_by_hop_fields_and_gains_ours_even_with_bare_lf() {
+        for raw in [
+            &b"HTTP/1.0 200 OK\r\nDate: x\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Cutover-Color: no\r\nContent-Length: 2\r\n\r\nok"[..],
+            b"HTTP/1.0 200 OK\nDate: x\nConnection: keep-alive, X-Hop\nX-Hop: 1\nX-Cutover-Color: no\nContent-Length: 2\n\nok",
+        ] {
+            let mut storage = fields();
+            let resp = parse_response(raw, &mut storage, false)
+                .expect("valid")
+                .expect("complete");
+            assert_eq!((resp.framing, resp.keep_alive), (Framing::Length(2), false));
+            let mut out = Vec::new();
+            resp.write_forwarded(Some("green"), false, &mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "HTTP/1.1 200 OK\r\nDate: x\r\nContent-Length: 2\r\nvia: 1.1 cutover\r\n\
+                 x-cutover-color: green\r\n\r\n"
+            );
+        }
+        let mut storage = fields();
+        let both = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let resp = parse_response(both, &mut storage, false)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!((resp.framing, resp.keep_alive), (Framing::Chunked, false));
+        let mut out = Vec::new();
+        resp.write_forwarded(None, true, &mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("Content-Length"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(text.ends_with("connection: close\r\n\r\n"), "{text}");
+    }
+
+    #[test]
+    fn field_names_match_in_any_case_and_only_exactly() {
+        assert_eq!(classify(b"Content-Length"), Field::ContentLength);
+        assert_eq!(classify(b"X-FORWARDED-FOR"), Field::ForwardedFor);
+        assert_eq!(classify(b"x-cutover-color"), Field::CutoverColor);
+        assert_eq!(classify(b"Content-Lengti"), Field::Other);
+        assert_eq!(classify(b"content_length"), Field::Other);
+        assert_eq!(classify(b"Hos"), Field::Other);
+        assert!(eq_lowercase(b"KEEP-alive", b"keep-alive"));
+        assert!(!eq_lowercase(b"keep_alive", b"keep-alive"));
+        assert!(!eq_lowercase(b"keep-alivf", b"keep-alive"));
     }
 }

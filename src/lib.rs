@@ -31,6 +31,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod chunked;
 pub mod config;
 pub mod ctl;
 pub mod demo;

@@ -15,16 +15,24 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
 use crate::config::ListenConfig;
 use crate::proxy::{Peer, Proxy};
 use crate::relay;
 
-/// The open client connections: each holds a receiver, so the count is theirs, and a
-/// send asks them all to finish.
+/// The open client connections: each holds a [`Watch`], so the count is theirs, and
+/// cancelling the token asks them all to finish.
 pub struct Connections {
     tx: watch::Sender<()>,
+    stop: CancellationToken,
+}
+
+/// What one connection holds: it is counted while this lives and told when to finish.
+pub struct Watch {
+    _counted: watch::Receiver<()>,
+    stop: CancellationToken,
 }
 
 impl Connections {
@@ -35,8 +43,20 @@ impl Connections {
     /// Asks every connection to finish after its current response; resolves once all
     /// have closed.
     pub async fn shutdown(self) {
-        let _ = self.tx.send(());
+        self.stop.cancel();
         self.tx.closed().await;
+    }
+}
+
+impl Watch {
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Resolves when shutdown begins. Made once per connection and polled in place:
+    /// it registers as a waiter once, not once per request.
+    pub fn stopping(&self) -> WaitForCancellationFutureOwned {
+        self.stop.clone().cancelled_owned()
     }
 }
 
@@ -63,6 +83,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Connections {
     let (tx, _) = watch::channel(());
+    let stop = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -85,12 +106,15 @@ pub async fn serve(
             Arc::clone(&proxy),
             Arc::clone(&builder),
             header_timeout,
-            tx.subscribe(),
+            Watch {
+                _counted: tx.subscribe(),
+                stop: stop.clone(),
+            },
         );
         tokio::spawn(conn.instrument(tracing::debug_span!("conn", peer = %peer)));
     }
     drop(listener);
-    Connections { tx }
+    Connections { tx, stop }
 }
 
 /// Logs an accept error and waits when retrying at once would spin: out of file

@@ -26,12 +26,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::chunked::Chunked;
 use crate::drain::{AccessEntry, InFlight};
 use crate::error::ProxyError;
-use crate::h1::{self, BadResponse, Chunked, Framing, Parsed};
+use crate::h1::{self, BadResponse, Framing, Parsed};
+use crate::listener::Watch;
 use crate::metrics::ErrorKind;
 use crate::proxy::{Peer, Proxy};
 use crate::upstream::UpstreamError;
@@ -44,25 +46,28 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     header_timeout: Duration,
-    mut shutdown: watch::Receiver<()>,
+    watch: Watch,
 ) {
+    let stopping = watch.stopping();
+    tokio::pin!(stopping);
     let mut c = Conn {
         client: stream,
-        buf: BytesMut::with_capacity(READ_SIZE),
+        // Allocated when first needed: an idle connection holds no buffer.
+        buf: BytesMut::new(),
         up: BytesMut::new(),
-        out: Vec::with_capacity(1024),
+        out: Vec::new(),
         peer,
     };
-    let timer = tokio::time::sleep(header_timeout);
-    tokio::pin!(timer);
+    let mut head_deadline = Deadline::new(header_timeout);
+    let mut response_deadline = Deadline::new(proxy.response_timeout);
     loop {
-        timer.as_mut().reset(Instant::now() + header_timeout);
+        head_deadline.set(Instant::now() + header_timeout);
         let next = next_request(
             &mut c,
             &proxy,
-            timer.as_mut(),
+            &mut head_deadline,
             header_timeout,
-            &mut shutdown,
+            stopping.as_mut(),
         );
         let mut ex = match next.await {
             Next::Request(ex) => ex,
@@ -70,12 +75,12 @@ pub async fn serve(
             Next::Answered { keep_alive: false } | Next::Close => return,
             Next::Decline(why) => {
                 tracing::trace!(?why, "left to hyper");
-                return hand_off(c, proxy, &builder, shutdown).await;
+                return hand_off(c, proxy, &builder, stopping).await;
             }
         };
         // The last response on this connection when the client said so or shutdown began.
-        ex.close |= shutdown.has_changed().unwrap_or(true);
-        let keep_alive = exchange(&mut c, &proxy, &mut ex, timer.as_mut()).await;
+        ex.close |= watch.is_stopping();
+        let keep_alive = exchange(&mut c, &proxy, &mut ex, &mut response_deadline).await;
         if !keep_alive || ex.close {
             return;
         }
@@ -125,14 +130,14 @@ enum Next {
 async fn next_request(
     c: &mut Conn,
     proxy: &Proxy,
-    mut timer: Pin<&mut Sleep>,
+    deadline: &mut Deadline,
     timeout: Duration,
-    shutdown: &mut watch::Receiver<()>,
+    mut stopping: Pin<&mut WaitForCancellationFutureOwned>,
 ) -> Next {
     let mut reading_body = false;
     loop {
         if !c.buf.is_empty() {
-            let mut storage = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+            let mut storage = h1::fields();
             match h1::parse_request(&c.buf, &mut storage) {
                 Parsed::Complete(req) => {
                     // A body of at most MAX_BUFFERED_BODY bytes: fits in usize.
@@ -156,23 +161,32 @@ async fn next_request(
                 Parsed::Decline(why) => return Next::Decline(why),
             }
         }
-        if c.buf.capacity() - c.buf.len() < READ_SIZE / 4 {
-            c.buf.reserve(READ_SIZE);
-        }
         tokio::select! {
             biased;
-            read = c.client.read_buf(&mut c.buf) => match read {
+            read = read_some(&mut c.client, &mut c.buf) => match read {
                 Ok(0) | Err(_) => return Next::Close,
-                Ok(_) if reading_body => timer.as_mut().reset(Instant::now() + timeout),
+                Ok(_) if reading_body => deadline.set(Instant::now() + timeout),
                 Ok(_) => {}
             },
-            () = &mut timer => {
+            () = deadline.reached() => {
                 tracing::debug!(peer = %c.peer.addr, "no complete request in time; closing");
                 return Next::Close;
             }
-            _ = shutdown.changed(), if c.buf.is_empty() => return Next::Close,
+            () = stopping.as_mut(), if c.buf.is_empty() => return Next::Close,
         }
     }
+}
+
+/// Reads what the client has sent into `buf`; space for it is found only once there
+/// is something to read.
+async fn read_some(client: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        if buf.is_empty() {
+            client.readable().await?;
+        }
+        buf.reserve(READ_SIZE);
+    }
+    client.read_buf(buf).await
 }
 
 /// Routes a whole buffered request (`bytes`: head and body) and writes it for its
@@ -236,17 +250,10 @@ struct Head {
 
 /// Sends `c.out` to the backend and relays the response. Returns whether the client
 /// connection can take another request.
-async fn exchange(
-    c: &mut Conn,
-    proxy: &Proxy,
-    ex: &mut Exchange,
-    mut timer: Pin<&mut Sleep>,
-) -> bool {
+async fn exchange(c: &mut Conn, proxy: &Proxy, ex: &mut Exchange, deadline: &mut Deadline) -> bool {
     let backend = Arc::clone(ex.in_flight.backend());
     let upstreams = Arc::clone(ex.in_flight.tracker().upstreams());
-    timer
-        .as_mut()
-        .reset(Instant::now() + proxy.response_timeout);
+    deadline.set(Instant::now() + proxy.response_timeout);
     let color = proxy.color_header.then(|| ex.in_flight.color().as_str());
     let (mut upstream, head) = loop {
         let (mut upstream, reused) = match upstreams.take_raw(&backend) {
@@ -257,7 +264,7 @@ async fn exchange(
             },
         };
         c.up.clear();
-        match response_head(c, &mut upstream, ex, color, timer.as_mut()).await {
+        match response_head(c, &mut upstream, ex, color, deadline).await {
             Ok(head) => break (upstream, head),
             Err(Failure::Unanswered(_)) if reused && ex.idempotent => continue,
             Err(Failure::Unanswered(e)) => return failed(c, proxy, ex, Failure::Io(e)).await,
@@ -281,32 +288,43 @@ async fn exchange(
 
 /// Writes the request and reads the response head, passing 1xx heads through; leaves
 /// the client's head for the final response in `c.out` and its first body bytes in
-/// `c.up`.
+/// `c.up`. The request is written while the response is read, all within the response
+/// timeout: a backend that answers as it reads (an echo) never waits on the relay, and
+/// one that answers before reading all of it (413) is heard; that connection is then
+/// not reused.
 async fn response_head(
     c: &mut Conn,
     upstream: &mut TcpStream,
     ex: &Exchange,
     color: Option<&str>,
-    mut timer: Pin<&mut Sleep>,
+    deadline: &mut Deadline,
 ) -> Result<Head, Failure> {
-    if let Err(e) = upstream.write_all(&c.out).await {
-        return Err(Failure::Unanswered(e));
-    }
+    // Most requests fit in the socket's buffer: written here, without waiting.
+    let mut written = match upstream.try_write(&c.out) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(Failure::Unanswered(e)),
+    };
     let mut answered = false;
+    let mut cut_short = false;
+    let (mut from, mut to) = upstream.split();
     loop {
         if !c.up.is_empty() {
-            let mut storage = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+            let mut storage = h1::fields();
             if let Some(resp) =
                 h1::parse_response(&c.up, &mut storage, ex.head).map_err(Failure::Bad)?
             {
                 if !answered {
+                    // The rest of the request is not sent after an early answer.
+                    cut_short = written < c.out.len();
                     c.out.clear();
+                    written = 0;
                     answered = true;
                 }
                 let head = Head {
                     code: resp.code,
                     framing: resp.framing,
-                    keep_alive: resp.keep_alive,
+                    keep_alive: resp.keep_alive && !cut_short,
                 };
                 let close = ex.close || head.framing == Framing::Close;
                 resp.write_forwarded(color, close, &mut c.out);
@@ -322,9 +340,16 @@ async fn response_head(
         if c.up.capacity() - c.up.len() < READ_SIZE / 4 {
             c.up.reserve(READ_SIZE);
         }
+        let unsent = if answered { &[][..] } else { &c.out[written..] };
         tokio::select! {
             biased;
-            read = upstream.read_buf(&mut c.up) => match read {
+            sent = to.write(unsent), if !unsent.is_empty() => match sent {
+                Ok(0) => return Err(Failure::Unanswered(io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) if c.up.is_empty() => return Err(Failure::Unanswered(e)),
+                Err(e) => return Err(Failure::Io(e)),
+            },
+            read = from.read_buf(&mut c.up) => match read {
                 Ok(0) if c.up.is_empty() && !answered => {
                     return Err(Failure::Unanswered(io::ErrorKind::UnexpectedEof.into()));
                 }
@@ -333,7 +358,7 @@ async fn response_head(
                 Err(e) => return Err(Failure::Io(e)),
                 Ok(_) => {}
             },
-            () = &mut timer => return Err(Failure::Timeout),
+            () = deadline.reached() => return Err(Failure::Timeout),
             // A client that leaves stops the wait; a pipelining one has its next request
             // kept (up to a head's worth).
             read = c.client.read_buf(&mut c.buf), if c.buf.len() < h1::MAX_HEAD => match read {
@@ -454,12 +479,50 @@ async fn failed(c: &mut Conn, proxy: &Proxy, ex: &mut Exchange, failure: Failure
     c.client.write_all(&c.out).await.is_ok()
 }
 
+/// A deadline that moves with every request and is rarely reached. Moving it later
+/// only records the time; the timer is re-armed when it fires before the recorded
+/// time. So a request costs no timer update, where resetting a tokio `Sleep` per
+/// request re-registers it in the timer wheel each time.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    at: Instant,
+}
+
+impl Deadline {
+    fn new(after: Duration) -> Deadline {
+        let at = Instant::now() + after;
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            at,
+        }
+    }
+
+    fn set(&mut self, at: Instant) {
+        self.at = at;
+        if at < self.sleep.deadline() {
+            self.sleep.as_mut().reset(at);
+        }
+    }
+
+    /// Resolves once the recorded time has passed.
+    async fn reached(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if Instant::now() >= self.at {
+                return;
+            }
+            let at = self.at;
+            self.sleep.as_mut().reset(at);
+        }
+    }
+}
+
 /// Serves the rest of the connection with hyper, starting with the bytes already read.
 async fn hand_off(
     c: Conn,
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
-    mut shutdown: watch::Receiver<()>,
+    stopping: Pin<&mut WaitForCancellationFutureOwned>,
 ) {
     let Conn {
         client, buf, peer, ..
@@ -473,7 +536,7 @@ async fn hand_off(
     tokio::pin!(conn);
     let ended = tokio::select! {
         ended = conn.as_mut() => ended,
-        _ = shutdown.changed() => {
+        () = stopping => {
             // HTTP/1 closes after its current response, HTTP/2 sends GOAWAY.
             conn.as_mut().graceful_shutdown();
             conn.await
