@@ -52,7 +52,7 @@ pub async fn serve(
     tokio::pin!(stopping);
     let mut c = Conn {
         client: stream,
-        // Allocated when first needed: an idle connection holds no buffer.
+        // Taken from the spares when needed: an idle connection holds no buffer.
         buf: BytesMut::new(),
         up: BytesMut::new(),
         out: Vec::new(),
@@ -81,21 +81,30 @@ pub async fn serve(
         // The last response on this connection when the client said so or shutdown began.
         ex.close |= watch.is_stopping();
         let keep_alive = exchange(&mut c, &proxy, &mut ex, &mut response_deadline).await;
+        spare::put(std::mem::take(&mut c.up));
+        if c.out.capacity() > 4 * READ_SIZE {
+            // It held a large request body; the next request starts small again.
+            c.out = Vec::new();
+        }
         if !keep_alive || ex.close {
             return;
         }
     }
 }
 
-/// Bytes asked of the kernel per read.
+/// Bytes asked of the kernel per read from a backend.
 const READ_SIZE: usize = 16 * 1024;
+/// Room for a client's request head, grown when one is larger.
+const HEAD_SIZE: usize = 4 * 1024;
 
-/// One client connection and its buffers, reused across its requests.
+/// One client connection and its buffers. A connection that never sent anything holds
+/// none; one kept alive between requests holds its small request buffer and `out`,
+/// while the larger buffer for backend bytes waits in [`spare`] until the next request.
 struct Conn {
     client: TcpStream,
     /// Bytes from the client not yet handled (the next request may already be here).
     buf: BytesMut,
-    /// Bytes from the backend not yet relayed.
+    /// Bytes from the backend not yet relayed; only during a request.
     up: BytesMut,
     /// The next bytes to write: a request for the backend, then a response head.
     out: Vec<u8>,
@@ -177,14 +186,17 @@ async fn next_request(
     }
 }
 
-/// Reads what the client has sent into `buf`; space for it is found only once there
-/// is something to read.
+/// Reads what the client has sent into `buf`: allocated once there is something to
+/// read, grown for a large head or body, and cut back to size once emptied.
 async fn read_some(client: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < READ_SIZE / 4 {
-        if buf.is_empty() {
-            client.readable().await?;
-        }
-        buf.reserve(READ_SIZE);
+    if buf.capacity() == 0 {
+        client.readable().await?;
+    } else if buf.is_empty() && buf.capacity() > 4 * READ_SIZE {
+        // What a large body grew it to is not kept for the connection's next request.
+        *buf = BytesMut::new();
+    }
+    if buf.capacity() - buf.len() < HEAD_SIZE / 4 {
+        buf.reserve(HEAD_SIZE.max(buf.len()));
     }
     client.read_buf(buf).await
 }
@@ -255,6 +267,9 @@ async fn exchange(c: &mut Conn, proxy: &Proxy, ex: &mut Exchange, deadline: &mut
     let upstreams = Arc::clone(ex.in_flight.tracker().upstreams());
     deadline.set(Instant::now() + proxy.response_timeout);
     let color = proxy.color_header.then(|| ex.in_flight.color().as_str());
+    if c.up.capacity() == 0 {
+        c.up = spare::bytes();
+    }
     let (mut upstream, head) = loop {
         let (mut upstream, reused) = match upstreams.take_raw(&backend) {
             Some(stream) => (stream, true),
@@ -477,6 +492,51 @@ async fn failed(c: &mut Conn, proxy: &Proxy, ex: &mut Exchange, failure: Failure
     c.out.clear();
     h1::write_local(err.status(), err.client_message(), ex.close, &mut c.out);
     c.client.write_all(&c.out).await.is_ok()
+}
+
+/// Buffers between requests, per thread: bounded in number, and only of the usual size
+/// (one grown by a large body is freed instead).
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::READ_SIZE;
+
+    /// Spares kept per thread.
+    const KEEP: usize = 256;
+
+    thread_local! {
+        static BYTES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn bytes() -> BytesMut {
+        BYTES
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_SIZE))
+    }
+
+    pub fn put(mut buf: BytesMut) {
+        buf.clear();
+        // Reclaims the room before the read position; allocates nothing when the
+        // buffer was READ_SIZE or more to begin with.
+        if buf.capacity() == 0 || buf.capacity() > 4 * READ_SIZE {
+            return;
+        }
+        buf.reserve(READ_SIZE);
+        if buf.capacity() <= 4 * READ_SIZE {
+            keep(buf);
+        }
+    }
+
+    fn keep(buf: BytesMut) {
+        BYTES.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < KEEP {
+                s.push(buf);
+            }
+        });
+    }
 }
 
 /// A deadline that moves with every request and is rarely reached. Moving it later
