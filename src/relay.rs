@@ -75,7 +75,8 @@ pub async fn serve(
             Next::Answered { keep_alive: false } | Next::Close => return,
             Next::Decline(why) => {
                 tracing::trace!(?why, "left to hyper");
-                return hand_off(c, proxy, &builder, stopping).await;
+                // Boxed: hyper's connection is large and most connections never need it.
+                return Box::pin(hand_off(c, proxy, &builder, stopping)).await;
             }
         };
         // The last response on this connection when the client said so or shutdown began.
@@ -145,30 +146,17 @@ async fn next_request(
 ) -> Next {
     let mut reading_body = false;
     loop {
-        if !c.buf.is_empty() {
-            let mut storage = h1::fields();
-            match h1::parse_request(&c.buf, &mut storage) {
-                Parsed::Complete(req) => {
-                    // A body of at most MAX_BUFFERED_BODY bytes: fits in usize.
-                    let total = req.head_len + req.body_len as usize;
-                    if c.buf.len() >= total {
-                        let next = begin(proxy, &req, &c.buf[..total], &c.peer, &mut c.out);
-                        c.buf.advance(total);
-                        match next {
-                            Ok(ex) => return Next::Request(ex),
-                            Err(close) => {
-                                let written = c.client.write_all(&c.out).await.is_ok();
-                                return Next::Answered {
-                                    keep_alive: written && !close,
-                                };
-                            }
-                        }
-                    }
-                    reading_body = true;
-                }
-                Parsed::Partial => {}
-                Parsed::Decline(why) => return Next::Decline(why),
+        match buffered_request(c, proxy) {
+            Buffered::Request(ex) => return Next::Request(ex),
+            Buffered::Answered { close } => {
+                let written = c.client.write_all(&c.out).await.is_ok();
+                return Next::Answered {
+                    keep_alive: written && !close,
+                };
             }
+            Buffered::Decline(why) => return Next::Decline(why),
+            Buffered::Head => reading_body = true,
+            Buffered::Partial => {}
         }
         tokio::select! {
             biased;
@@ -183,6 +171,44 @@ async fn next_request(
             }
             () = stopping.as_mut(), if c.buf.is_empty() => return Next::Close,
         }
+    }
+}
+
+/// What the bytes buffered so far amount to.
+enum Buffered {
+    Request(Exchange),
+    /// Answered locally, the answer in `out`.
+    Answered {
+        close: bool,
+    },
+    Decline(h1::Decline),
+    /// A whole head; its body is still coming.
+    Head,
+    Partial,
+}
+
+/// Parses what the client has sent and, once a whole request is here, starts it. Not
+/// async: the parsed fields (a few KiB) never become part of the connection's future.
+fn buffered_request(c: &mut Conn, proxy: &Proxy) -> Buffered {
+    if c.buf.is_empty() {
+        return Buffered::Partial;
+    }
+    let mut storage = h1::fields();
+    let req = match h1::parse_request(&c.buf, &mut storage) {
+        Parsed::Complete(req) => req,
+        Parsed::Partial => return Buffered::Partial,
+        Parsed::Decline(why) => return Buffered::Decline(why),
+    };
+    // A body of at most MAX_BUFFERED_BODY bytes: fits in usize.
+    let total = req.head_len + req.body_len as usize;
+    if c.buf.len() < total {
+        return Buffered::Head;
+    }
+    let next = begin(proxy, &req, &c.buf[..total], &c.peer, &mut c.out);
+    c.buf.advance(total);
+    match next {
+        Ok(ex) => Buffered::Request(ex),
+        Err(close) => Buffered::Answered { close },
     }
 }
 
