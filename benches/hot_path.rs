@@ -1,5 +1,6 @@
 //! Criterion benches for the per-request pieces of the data path: the route decision
-//! and backend pick on a loaded snapshot, the swap itself, and header rewriting.
+//! and backend pick on a loaded snapshot, the swap itself, header rewriting on hyper's
+//! path and head parsing + rewriting on the relay's.
 //! Run with `cargo bench --bench hot_path`.
 
 use std::hint::black_box;
@@ -12,6 +13,7 @@ use http::{HeaderMap, HeaderValue, Request};
 
 use cutover::config::{PoolConfig, UpstreamConfig};
 use cutover::drain::Tracker;
+use cutover::h1;
 use cutover::headers;
 use cutover::metrics::Telemetry;
 use cutover::pool::Pool;
@@ -119,5 +121,38 @@ fn header_rewrite(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, route_and_pick, swap, header_rewrite);
+/// The relay's per-request head work: parse the client's request and write it for the
+/// backend; parse the backend's response and write it for the client.
+fn relay_heads(c: &mut Criterion) {
+    let request: &[u8] = b"GET /products?page=2 HTTP/1.1\r\nHost: shop.example\r\n\
+        User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: text/html,application/xhtml+xml\r\n\
+        Accept-Encoding: gzip, br\r\nCookie: session=abc123; theme=dark\r\n\
+        Connection: keep-alive\r\n\r\n";
+    let response: &[u8] =
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 23 Nov 2026 03:00:00 GMT\r\n\
+        Content-Type: text/html\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
+    let mut out = Vec::with_capacity(4096);
+    c.bench_function("relay: parse + rewrite a request head", |b| {
+        b.iter(|| {
+            let mut fields = h1::fields();
+            if let h1::Parsed::Complete(req) = h1::parse_request(black_box(request), &mut fields) {
+                out.clear();
+                req.write_forwarded(b"192.0.2.44", &mut out);
+            }
+            out.len()
+        })
+    });
+    c.bench_function("relay: parse + rewrite a response head", |b| {
+        b.iter(|| {
+            let mut fields = h1::fields();
+            if let Ok(Some(resp)) = h1::parse_response(black_box(response), &mut fields, false) {
+                out.clear();
+                resp.write_forwarded(Some("blue"), false, &mut out);
+            }
+            out.len()
+        })
+    });
+}
+
+criterion_group!(benches, route_and_pick, swap, header_rewrite, relay_heads);
 criterion_main!(benches);
