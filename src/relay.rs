@@ -367,7 +367,8 @@ async fn response_head(
                     framing: resp.framing,
                     keep_alive: resp.keep_alive && !cut_short,
                 };
-                let close = ex.close || head.framing == Framing::Close;
+                // Only the final response says whether the connection closes.
+                let close = head.code >= 200 && (ex.close || head.framing == Framing::Close);
                 resp.write_forwarded(color, close, &mut c.out);
                 let head_len = resp.head_len;
                 c.up.advance(head_len);

@@ -219,3 +219,73 @@ async fn a_client_that_leaves_while_its_backend_is_silent_is_no_longer_counted_i
         })
         .await;
 }
+
+/// A backend that takes Content-Length only as plain digits (and anything else as no
+/// body, as some servers do) and answers every request head it reads. Returns its
+/// address and the request targets it saw.
+async fn plain_length_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let target = head.split(' ').nth(1).unwrap_or("").to_owned();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(str::to_owned)
+                            })
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + length {
+                            break;
+                        }
+                        buf.drain(..end + 4 + length);
+                        log.lock().expect("log").push(target);
+                        if stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_behind_a_listed_content_length_never_reaches_a_backend_as_a_request() {
+    let (blue, seen) = plain_length_backend().await;
+    let proxy = Proxy::start(&[blue], &[backend("green").await], "").await;
+    let hidden = "GET /hidden HTTP/1.1\r\nHost: a\r\n\r\n";
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {n}, {n}\r\nConnection: close\r\n\r\n{hidden}",
+        n = hidden.len()
+    );
+    let reply = raw_exchange(proxy.addr, request.as_bytes()).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.1 400"),
+        "{reply}"
+    );
+    assert_eq!(get(proxy.addr, "/after").await.text(), "ok");
+    let seen = seen.lock().expect("log").clone();
+    assert!(!seen.contains(&"/hidden".to_owned()), "smuggled: {seen:?}");
+}
