@@ -17,25 +17,26 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::chunked::Chunked;
+use crate::deadline::Deadline;
 use crate::drain::{AccessEntry, InFlight};
 use crate::error::ProxyError;
 use crate::h1::{self, BadResponse, Framing, Parsed};
 use crate::listener::Watch;
 use crate::metrics::ErrorKind;
 use crate::proxy::{Peer, Proxy};
+use crate::rewind::Rewind;
 use crate::upstream::UpstreamError;
 
 /// Serves one client connection until it closes, times out, or shutdown is signalled
@@ -566,44 +567,6 @@ mod spare {
     }
 }
 
-/// A deadline that moves with every request and is rarely reached. Moving it later
-/// only records the time; the timer is re-armed when it fires before the recorded
-/// time. So a request costs no timer update, where resetting a tokio `Sleep` per
-/// request re-registers it in the timer wheel each time.
-struct Deadline {
-    sleep: Pin<Box<Sleep>>,
-    at: Instant,
-}
-
-impl Deadline {
-    fn new(after: Duration) -> Deadline {
-        let at = Instant::now() + after;
-        Deadline {
-            sleep: Box::pin(tokio::time::sleep_until(at)),
-            at,
-        }
-    }
-
-    fn set(&mut self, at: Instant) {
-        self.at = at;
-        if at < self.sleep.deadline() {
-            self.sleep.as_mut().reset(at);
-        }
-    }
-
-    /// Resolves once the recorded time has passed.
-    async fn reached(&mut self) {
-        loop {
-            self.sleep.as_mut().await;
-            if Instant::now() >= self.at {
-                return;
-            }
-            let at = self.at;
-            self.sleep.as_mut().reset(at);
-        }
-    }
-}
-
 /// Serves the rest of the connection with hyper, starting with the bytes already read.
 async fn hand_off(
     c: Conn,
@@ -631,57 +594,5 @@ async fn hand_off(
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
-    }
-}
-
-/// A socket whose first bytes were already read: they are read again first.
-struct Rewind {
-    read: Bytes,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            buf.put_slice(&self.read[..n]);
-            self.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

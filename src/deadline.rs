@@ -1,0 +1,44 @@
+//! A deadline that moves with every request and is rarely reached.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+/// A deadline that moves with every request and is rarely reached. Moving it later
+/// only records the time; the timer is re-armed when it fires before the recorded
+/// time. So a request costs no timer update, where resetting a tokio `Sleep` per
+/// request re-registers it in the timer wheel each time.
+pub struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    at: Instant,
+}
+
+impl Deadline {
+    pub fn new(after: Duration) -> Deadline {
+        let at = Instant::now() + after;
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            at,
+        }
+    }
+
+    pub fn set(&mut self, at: Instant) {
+        self.at = at;
+        if at < self.sleep.deadline() {
+            self.sleep.as_mut().reset(at);
+        }
+    }
+
+    /// Resolves once the recorded time has passed.
+    pub async fn reached(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if Instant::now() >= self.at {
+                return;
+            }
+            let at = self.at;
+            self.sleep.as_mut().reset(at);
+        }
+    }
+}
