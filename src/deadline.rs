@@ -42,3 +42,28 @@ impl Deadline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_is_reached_at_the_last_time_set_later_or_earlier() {
+        let start = Instant::now();
+        let mut deadline = Deadline::new(Duration::from_secs(10));
+        // Moved later twice: the first timer fires early and is re-armed.
+        deadline.set(start + Duration::from_secs(15));
+        deadline.set(start + Duration::from_secs(25));
+        deadline.reached().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(25));
+        // Set again after being reached: reached again at the new time.
+        deadline.set(start + Duration::from_secs(28));
+        deadline.reached().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(28));
+        // Moved earlier than its armed timer: reached at the earlier time.
+        let mut deadline = Deadline::new(Duration::from_secs(30));
+        deadline.set(start + Duration::from_secs(31));
+        deadline.reached().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(31));
+    }
+}
