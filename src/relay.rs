@@ -82,13 +82,14 @@ pub async fn serve(
         };
         // The last response on this connection when the client said so or shutdown began.
         ex.close |= watch.is_stopping();
-        let keep_alive = exchange(&mut c, &proxy, &mut ex, &mut response_deadline).await;
+        let close = ex.close;
+        let keep_alive = exchange(&mut c, &proxy, ex, &mut response_deadline).await;
         spare::put(std::mem::take(&mut c.up));
         if c.out.capacity() > 4 * READ_SIZE {
             // It held a large request body; the next request starts small again.
             c.out = Vec::new();
         }
-        if !keep_alive || ex.close {
+        if !keep_alive || close {
             return;
         }
     }
@@ -288,8 +289,10 @@ struct Head {
 }
 
 /// Sends `c.out` to the backend and relays the response. Returns whether the client
-/// connection can take another request.
-async fn exchange(c: &mut Conn, proxy: &Proxy, ex: &mut Exchange, deadline: &mut Deadline) -> bool {
+/// connection can take another request. The request stops counting as in flight just
+/// before its last bytes are written to the client: once the client has them, status
+/// and metrics already agree that it is done.
+async fn exchange(c: &mut Conn, proxy: &Proxy, mut ex: Exchange, deadline: &mut Deadline) -> bool {
     let backend = Arc::clone(ex.in_flight.backend());
     let upstreams = Arc::clone(ex.in_flight.tracker().upstreams());
     deadline.set(Instant::now() + proxy.response_timeout);
@@ -306,7 +309,7 @@ async fn exchange(c: &mut Conn, proxy: &Proxy, ex: &mut Exchange, deadline: &mut
             },
         };
         c.up.clear();
-        match response_head(c, &mut upstream, ex, color, deadline).await {
+        match response_head(c, &mut upstream, &ex, color, deadline).await {
             Ok(head) => break (upstream, head),
             Err(Failure::Unanswered(_)) if reused && ex.idempotent => continue,
             Err(Failure::Unanswered(e)) => return failed(c, proxy, ex, Failure::Io(e)).await,
@@ -315,7 +318,7 @@ async fn exchange(c: &mut Conn, proxy: &Proxy, ex: &mut Exchange, deadline: &mut
     };
     ex.in_flight.backend().record(head.code < 500);
     ex.in_flight.status = head.code;
-    let reusable = match relay_body(c, &mut upstream, head.framing, &mut ex.in_flight).await {
+    let reusable = match relay_body(c, &mut upstream, head.framing, ex.in_flight).await {
         Ok(complete) => complete && head.keep_alive && c.up.is_empty(),
         Err(e) => {
             tracing::debug!(peer = %c.peer.addr, error = %e, "response relay ended early");
@@ -418,8 +421,18 @@ async fn relay_body(
     c: &mut Conn,
     upstream: &mut TcpStream,
     framing: Framing,
-    in_flight: &mut InFlight,
+    in_flight: InFlight,
 ) -> io::Result<bool> {
+    let mut in_flight = Some(in_flight);
+    // Counts body bytes; released before the write that ends the body.
+    let mut count = |n: usize, done: bool| {
+        if let Some(guard) = in_flight.as_mut() {
+            guard.bytes += n as u64;
+        }
+        if done {
+            in_flight.take();
+        }
+    };
     let mut remaining = match framing {
         Framing::Length(n) => n,
         _ => u64::MAX,
@@ -448,7 +461,7 @@ async fn relay_body(
     let (n, mut done) = take(&c.up)?;
     c.out.extend_from_slice(&c.up[..n]);
     c.up.advance(n);
-    in_flight.bytes += n as u64;
+    count(n, done);
     c.client.write_all(&c.out).await?;
     while !done {
         c.up.clear();
@@ -461,17 +474,21 @@ async fn relay_body(
         }
         let (n, complete) = take(&c.up)?;
         done = complete;
+        count(n, done);
         c.client.write_all(&c.up[..n]).await?;
         c.up.advance(n);
-        in_flight.bytes += n as u64;
     }
     Ok(true)
 }
 
 /// Books a failed attempt (the backend's run of failures, the error counter, the log)
 /// and answers the client with the status that says why.
-async fn failed(c: &mut Conn, proxy: &Proxy, ex: &mut Exchange, failure: Failure) -> bool {
-    let in_flight = &mut ex.in_flight;
+async fn failed(c: &mut Conn, proxy: &Proxy, ex: Exchange, failure: Failure) -> bool {
+    let Exchange {
+        mut in_flight,
+        close,
+        ..
+    } = ex;
     let (backend, color) = (in_flight.backend().address.clone(), in_flight.color());
     let (kind, err) = match failure {
         Failure::Connect(e) => (
@@ -517,8 +534,10 @@ async fn failed(c: &mut Conn, proxy: &Proxy, ex: &mut Exchange, failure: Failure
     in_flight.tracker().telemetry().upstream_error(color, kind);
     in_flight.status = err.status().as_u16();
     tracing::warn!(peer = %c.peer.addr, error = %err, "proxy error");
+    // Done before the client has the answer, as on the success path.
+    drop(in_flight);
     c.out.clear();
-    h1::write_local(err.status(), err.client_message(), ex.close, &mut c.out);
+    h1::write_local(err.status(), err.client_message(), close, &mut c.out);
     c.client.write_all(&c.out).await.is_ok()
 }
 
