@@ -24,7 +24,7 @@ use crate::drain::{AccessEntry, InFlight, Tracker};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::metrics::ErrorKind;
-use crate::snapshot::{Color, Snapshot};
+use crate::snapshot::{Color, Routable, Snapshot};
 use crate::upstream::{Sender, UpstreamError};
 
 /// Everything `forward` needs, shared by all connections.
@@ -144,28 +144,10 @@ impl Proxy {
     /// rewrites it for the backend; [`Sent::response`] does the I/O.
     fn send(&self, mut req: Request<Incoming>, client: &Peer) -> Result<Sent, ProxyError> {
         let peer = client.addr;
-        let mut in_flight = {
-            let snap = self.snapshot.load();
-            let color = snap.route(&req);
-            let Some(backend) = snap.pool(color).pick() else {
-                self.tracker.telemetry().finish(color, 503, Duration::ZERO);
-                let err = ProxyError::NoBackend { color };
-                tracing::warn!(peer = %peer, error = %err, "proxy error");
-                return Err(err);
-            };
-            self.tracker.start(color, backend)
-        };
-        if self.tracker.telemetry().access_log.is_some() {
-            in_flight.access = Some(Box::new(AccessEntry {
-                method: req.method().clone(),
-                target: req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_owned(),
-                peer,
-            }));
-        }
+        let in_flight = self.start(&req, peer, |req| {
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            (req.method().clone(), target.to_owned())
+        })?;
         // RFC 9110 §7.8: Upgrade is hop-by-hop, so it is re-sent to the backend only when
         // the client asked for it with `Connection: upgrade` (HTTP/1.1 only).
         let upgrade =
@@ -182,6 +164,39 @@ impl Proxy {
             upgrade,
             peer,
         })
+    }
+
+    /// The data path's first step on both HTTP/1.1 paths: loads the snapshot once, routes
+    /// `req`, picks a backend and starts counting the request against its colour. With
+    /// no healthy backend the request is recorded as a 503 and logged, and the error
+    /// says what to answer. `access` (method, target) is called only when the access log
+    /// is on.
+    pub(crate) fn start<R: Routable>(
+        &self,
+        req: &R,
+        peer: SocketAddr,
+        access: impl FnOnce(&R) -> (http::Method, String),
+    ) -> Result<InFlight, ProxyError> {
+        let mut in_flight = {
+            let snap = self.snapshot.load();
+            let color = snap.route(req);
+            let Some(backend) = snap.pool(color).pick() else {
+                self.tracker.telemetry().finish(color, 503, Duration::ZERO);
+                let err = ProxyError::NoBackend { color };
+                tracing::warn!(peer = %peer, error = %err, "proxy error");
+                return Err(err);
+            };
+            self.tracker.start(color, backend)
+        };
+        if self.tracker.telemetry().access_log.is_some() {
+            let (method, target) = access(req);
+            in_flight.access = Some(Box::new(AccessEntry {
+                method,
+                target,
+                peer,
+            }));
+        }
+        Ok(in_flight)
     }
 
     /// A backend's response headers as the client gets them: hop-by-hop fields out,
@@ -305,6 +320,18 @@ fn failed(
     err: ProxyError,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
+    book_failure(in_flight, kind, &err, peer);
+    local_response(err.status(), err.client_message())
+}
+
+/// What every upstream failure costs, on either path: a failure in the backend's run
+/// (passive ejection), the error counter, the request's status, a log line.
+pub(crate) fn book_failure(
+    in_flight: &mut InFlight,
+    kind: ErrorKind,
+    err: &ProxyError,
+    peer: SocketAddr,
+) {
     in_flight.backend().record(false);
     in_flight
         .tracker()
@@ -312,7 +339,6 @@ fn failed(
         .upstream_error(in_flight.color(), kind);
     in_flight.status = err.status().as_u16();
     tracing::warn!(peer = %peer, error = %err, "proxy error");
-    local_response(err.status(), err.client_message())
 }
 
 /// The `Upgrade` value of an HTTP/1.1 request that asks to upgrade (RFC 9110 §7.8:

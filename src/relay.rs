@@ -30,12 +30,12 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::chunked::Chunked;
 use crate::deadline::Deadline;
-use crate::drain::{AccessEntry, InFlight};
+use crate::drain::InFlight;
 use crate::error::ProxyError;
 use crate::h1::{self, BadResponse, Framing, Parsed};
 use crate::listener::Watch;
 use crate::metrics::ErrorKind;
-use crate::proxy::{Peer, Proxy};
+use crate::proxy::{Peer, Proxy, book_failure};
 use crate::rewind::Rewind;
 use crate::upstream::UpstreamError;
 
@@ -240,25 +240,17 @@ fn begin(
     out: &mut Vec<u8>,
 ) -> Result<Exchange, bool> {
     out.clear();
-    let mut in_flight = {
-        let snap = proxy.snapshot.load();
-        let color = snap.route(req);
-        let Some(backend) = snap.pool(color).pick() else {
-            proxy.tracker.telemetry().finish(color, 503, Duration::ZERO);
-            let err = ProxyError::NoBackend { color };
-            tracing::warn!(peer = %peer.addr, error = %err, "proxy error");
+    let started = proxy.start(req, peer.addr, |req| {
+        let method = http::Method::from_bytes(req.method.as_bytes()).unwrap_or_default();
+        (method, req.target.to_owned())
+    });
+    let in_flight = match started {
+        Ok(in_flight) => in_flight,
+        Err(err) => {
             h1::write_local(err.status(), err.client_message(), req.close, out);
             return Err(req.close);
-        };
-        proxy.tracker.start(color, backend)
+        }
     };
-    if proxy.tracker.telemetry().access_log.is_some() {
-        in_flight.access = Some(Box::new(AccessEntry {
-            method: http::Method::from_bytes(req.method.as_bytes()).unwrap_or_default(),
-            target: req.target.to_owned(),
-            peer: peer.addr,
-        }));
-    }
     req.write_forwarded(peer.forwarded_for.as_bytes(), out);
     out.extend_from_slice(&bytes[req.head_len..]);
     Ok(Exchange {
@@ -530,10 +522,7 @@ async fn failed(c: &mut Conn, proxy: &Proxy, ex: Exchange, failure: Failure) -> 
             },
         ),
     };
-    in_flight.backend().record(false);
-    in_flight.tracker().telemetry().upstream_error(color, kind);
-    in_flight.status = err.status().as_u16();
-    tracing::warn!(peer = %c.peer.addr, error = %err, "proxy error");
+    book_failure(&mut in_flight, kind, &err, c.peer.addr);
     // Done before the client has the answer, as on the success path.
     drop(in_flight);
     c.out.clear();
