@@ -6,46 +6,15 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use support::{Conn, Proxy, TestBackend, admin_text, backend, get, request, sample};
+use support::{
+    Conn, Proxy, TestBackend, admin_text, backend, get, request, sample, scripted_backend,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// A backend that answers every request with `response` (bytes as given) and keeps the
-/// connection open, or closes it after answering when `close`. Returns its address and
-/// its count of accepted connections.
-async fn scripted_backend(response: &'static [u8], close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    // The test requests carry no body: a head is a request.
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        if stream.write_all(response).await.is_err() || close {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
-}
 
 /// Writes `raw` on a new connection to `addr` and reads until the proxy closes it.
 async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {

@@ -4,15 +4,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use support::{Conn, Proxy, TestBackend, eventually, get, request, spawn_get};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use support::{Conn, Proxy, TestBackend, eventually, get, request, scripted_backend, spawn_get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_of_every_shape_reuse_one_upstream_connection() {
@@ -105,39 +101,12 @@ async fn an_idle_upstream_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(blue.accepted(), 2);
 }
 
-/// A raw HTTP/1.1 backend that answers one request per connection without saying
-/// `Connection: close`, then closes: every pooled connection to it is dead by the time
-/// it is next used. Returns its address and its count of accepted connections.
-async fn closing_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nclosed")
-                    .await;
-                // Dropped here: the connection closes with no warning in the response.
-            });
-        }
-    });
-    (addr, accepted)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_closes_each_connection_after_answering_causes_no_error() {
-    let (blue, accepted) = closing_backend().await;
+    // Answers one request per connection without saying `Connection: close`, then
+    // closes: every pooled connection to it is dead by the time it is next used.
+    let (blue, accepted) =
+        scripted_backend(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nclosed", true).await;
     let green = TestBackend::start("green").await;
     let proxy = Proxy::start(&[blue], &[green.addr], "").await;
 

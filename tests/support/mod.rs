@@ -543,6 +543,43 @@ pub fn request(method: Method, path: &str, body: &str) -> Request<Full<Bytes>> {
         .expect("request")
 }
 
+/// A backend that answers every request with `response` (bytes as given) and keeps the
+/// connection open, or closes it after answering when `close`. Returns its address and
+/// its count of accepted connections.
+pub async fn scripted_backend(
+    response: &'static [u8],
+    close: bool,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // The test requests carry no body: a head is a request.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if stream.write_all(response).await.is_err() || close {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
 /// Polls `what` every 20 ms until it holds; fails after 5 s naming `why`.
 pub async fn eventually(why: &str, what: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
