@@ -554,11 +554,11 @@ mod spare {
 
     pub fn put(mut buf: BytesMut) {
         buf.clear();
-        // Reclaims the room before the read position; allocates nothing when the
-        // buffer was READ_SIZE or more to begin with.
-        if buf.capacity() == 0 || buf.capacity() > 4 * READ_SIZE {
+        if buf.capacity() == 0 {
             return;
         }
+        // Reclaims the room before the read position; allocates nothing when the
+        // buffer was READ_SIZE or more to begin with.
         buf.reserve(READ_SIZE);
         if buf.capacity() <= 4 * READ_SIZE {
             keep(buf);

@@ -1,12 +1,14 @@
 //! Keep-alive HTTP/1.1 connections to backends.
 //!
-//! Each [`Backend`] keeps its own idle connections ([`IdleConns`], a lock-free queue).
+//! Each [`Backend`] keeps its own idle connections ([`IdleConns`], lock-free queues):
+//! plain sockets for the [`relay`](crate::relay), hyper senders for requests hyper
+//! serves.
 //! A request takes one, skipping any the backend has closed, or opens a new one; once
 //! the response body has been read to its end the connection goes back. A body cut
 //! short, an error or an upgrade closes it instead. A sweep closes connections idle
 //! for `upstream.idle_timeout`; a drained colour's idle connections close at once.
 //!
-//! This is hyper's `client::conn::http1` with the backend already chosen, rather than
+//! Hyper's side is its `client::conn::http1` with the backend already chosen, rather than
 //! hyper-util's pooled client, which looks the pool up per request by (scheme,
 //! authority) in a SipHash map under a mutex, boxes each request future and spawns a
 //! task per response to hand its connection back. Measured with callgrind on the same
