@@ -286,7 +286,7 @@ struct Head {
 /// and metrics already agree that it is done.
 async fn exchange(c: &mut Conn, proxy: &Proxy, mut ex: Exchange, deadline: &mut Deadline) -> bool {
     let backend = Arc::clone(ex.in_flight.backend());
-    let upstreams = Arc::clone(ex.in_flight.tracker().upstreams());
+    let upstreams = proxy.tracker.upstreams();
     deadline.set(Instant::now() + proxy.response_timeout);
     let color = proxy.color_header.then(|| ex.in_flight.color().as_str());
     if c.up.capacity() == 0 {
