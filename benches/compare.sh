@@ -2,8 +2,8 @@
 # Side-by-side load comparison: direct upstream, HAProxy, nginx and cutover, measured in
 # one run with targets alternating, on loopback only. Not part of CI.
 #
-#   bash benches/compare.sh                # ~4 minutes on 2 cores
-#   DURATION=5 ROUNDS=2 bash benches/compare.sh
+#   bash benches/compare.sh                # ~4.5 minutes on 2 cores
+#   DURATION=5 ROUNDS=2 FIXED_DURATION=2 FIXED_ROUNDS=3 bash benches/compare.sh
 #   bash benches/compare.sh --instructions   # user-space instructions/request (callgrind), ~1 min
 #
 # Installs haproxy, nginx and wrk from Debian when missing, builds cutover and the
