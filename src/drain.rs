@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Telemetry;
+use crate::metrics::{ErrorKind, Telemetry};
 use crate::pool::{Backend, BackendGuard};
 use crate::snapshot::Color;
 use crate::upstream::Upstreams;
@@ -68,8 +68,11 @@ pub struct InFlight {
     backend: BackendGuard,
     /// When routing decided; `None` when nothing records durations.
     started: Option<Instant>,
-    /// The status sent to the client; 0 until one is known.
+    /// The status sent to the client; 0 until one is known (and for good when the
+    /// client leaves before its answer).
     pub status: u16,
+    /// The backend failed after its answer began (reset or malformed mid-body).
+    broken: bool,
     /// Response body bytes streamed to the client.
     pub bytes: u64,
     /// What the access log line needs from the request, when the log is on.
@@ -132,6 +135,7 @@ impl Tracker {
             backend: backend.track(),
             started: timed.then(Instant::now),
             status: 0,
+            broken: false,
             bytes: 0,
             access: None,
         }
@@ -276,6 +280,16 @@ impl InFlight {
     pub fn tracker(&self) -> &Arc<Tracker> {
         &self.tracker
     }
+
+    /// The backend failed after its answer's head went to the client (a reset or a
+    /// malformed body): the status stays what the client saw, but the request counts
+    /// as an upstream error of `kind` and as an error in the windowed stats.
+    pub fn broke(&mut self, kind: ErrorKind) {
+        if !self.broken {
+            self.broken = true;
+            self.tracker.telemetry.upstream_error(self.color, kind);
+        }
+    }
 }
 
 impl Drop for InFlight {
@@ -284,7 +298,7 @@ impl Drop for InFlight {
         let Some(started) = self.started else { return };
         let elapsed = started.elapsed();
         let telemetry = &self.tracker.telemetry;
-        telemetry.finish(self.color, self.status, elapsed);
+        telemetry.finish(self.color, self.status, self.broken, elapsed);
         if let (Some(log), Some(entry)) = (&telemetry.access_log, self.access.take()) {
             let line = serde_json::json!({
                 "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),

@@ -133,9 +133,12 @@ impl Telemetry {
         self.enabled
     }
 
-    /// One finished request of `color` with `status` (0: no response was sent).
+    /// One finished request of `color` with `status` (0: no response was sent, the
+    /// client left first). It is an error in the windowed stats when it was answered
+    /// with a 5xx or the backend `broke` mid-answer; a client leaving is not the
+    /// backend's error, so it does not count against a colour.
     #[inline]
-    pub fn finish(&self, color: Color, status: u16, elapsed: Duration) {
+    pub fn finish(&self, color: Color, status: u16, broke: bool, elapsed: Duration) {
         if !self.enabled {
             return;
         }
@@ -143,8 +146,7 @@ impl Telemetry {
             self.requests[color.index()][class as usize].increment(1);
         }
         self.duration[color.index()].record(elapsed);
-        self.stats
-            .record(color, status >= 500 || status == 0, elapsed);
+        self.stats.record(color, status >= 500 || broke, elapsed);
     }
 
     pub fn upstream_error(&self, color: Color, kind: ErrorKind) {

@@ -61,10 +61,15 @@ pub static X_CUTOVER_COLOR: http::HeaderName = http::HeaderName::from_static("x-
 
 /// Sorts an upstream failure for `cutover_upstream_errors_total{kind}`.
 fn error_kind(e: &UpstreamError) -> ErrorKind {
-    let e = match e {
-        UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_) => return ErrorKind::Connect,
-        UpstreamError::Http(e) => e,
-    };
+    match e {
+        UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_) => ErrorKind::Connect,
+        UpstreamError::Http(e) => http_error_kind(e),
+    }
+}
+
+/// A failed exchange with a backend, or its response body failing after the head was
+/// sent on: a reset when the connection broke, else a protocol error.
+fn http_error_kind(e: &hyper::Error) -> ErrorKind {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>()
@@ -181,7 +186,9 @@ impl Proxy {
             let snap = self.snapshot.load();
             let color = snap.route(req);
             let Some(backend) = snap.pool(color).pick() else {
-                self.tracker.telemetry().finish(color, 503, Duration::ZERO);
+                self.tracker
+                    .telemetry()
+                    .finish(color, 503, false, Duration::ZERO);
                 let err = ProxyError::NoBackend { color };
                 tracing::warn!(peer = %peer, error = %err, "proxy error");
                 return Err(err);
@@ -485,7 +492,12 @@ impl Body for ProxyBody {
                 }
                 let done = match &frame {
                     Poll::Ready(None) => Some(true),
-                    Poll::Ready(Some(Err(_))) => Some(false),
+                    Poll::Ready(Some(Err(e))) => {
+                        if let Some(guard) = in_flight.as_mut() {
+                            guard.broke(http_error_kind(e));
+                        }
+                        Some(false)
+                    }
                     Poll::Ready(Some(Ok(_))) => body.is_end_stream().then_some(true),
                     Poll::Pending => None,
                 };

@@ -408,7 +408,9 @@ async fn response_head(
 }
 
 /// Writes `c.out` (the response head) and the body after it to the client. Returns
-/// whether the body ended where its framing says (else the backend closed first).
+/// whether the body ended where its framing says (else the backend closed first). A
+/// backend that breaks off or garbles the body is booked on the request as an
+/// upstream error; a client that stops reading is not.
 async fn relay_body(
     c: &mut Conn,
     upstream: &mut TcpStream,
@@ -417,13 +419,19 @@ async fn relay_body(
 ) -> io::Result<bool> {
     let mut in_flight = Some(in_flight);
     // Counts body bytes; released before the write that ends the body.
-    let mut count = |n: usize, done: bool| {
+    let count = |in_flight: &mut Option<InFlight>, n: usize, done: bool| {
         if let Some(guard) = in_flight.as_mut() {
             guard.bytes += n as u64;
         }
         if done {
             in_flight.take();
         }
+    };
+    let broke = |in_flight: &mut Option<InFlight>, kind: ErrorKind, e: io::Error| {
+        if let Some(guard) = in_flight.as_mut() {
+            guard.broke(kind);
+        }
+        e
     };
     let mut remaining = match framing {
         Framing::Length(n) => n,
@@ -450,23 +458,30 @@ async fn relay_body(
             Framing::Close => (bytes.len(), false),
         })
     };
-    let (n, mut done) = take(&c.up)?;
+    let (n, mut done) = take(&c.up).map_err(|e| broke(&mut in_flight, ErrorKind::Protocol, e))?;
     c.out.extend_from_slice(&c.up[..n]);
     c.up.advance(n);
-    count(n, done);
+    count(&mut in_flight, n, done);
     c.client.write_all(&c.out).await?;
     while !done {
         c.up.clear();
         c.up.reserve(4 * READ_SIZE);
-        if upstream.read_buf(&mut c.up).await? == 0 {
+        let read = (upstream.read_buf(&mut c.up).await)
+            .map_err(|e| broke(&mut in_flight, ErrorKind::Reset, e))?;
+        if read == 0 {
             return match framing {
                 Framing::Close => Ok(false),
-                _ => Err(io::ErrorKind::UnexpectedEof.into()),
+                _ => Err(broke(
+                    &mut in_flight,
+                    ErrorKind::Reset,
+                    io::ErrorKind::UnexpectedEof.into(),
+                )),
             };
         }
-        let (n, complete) = take(&c.up)?;
+        let (n, complete) =
+            take(&c.up).map_err(|e| broke(&mut in_flight, ErrorKind::Protocol, e))?;
         done = complete;
-        count(n, done);
+        count(&mut in_flight, n, done);
         c.client.write_all(&c.up[..n]).await?;
         c.up.advance(n);
     }

@@ -295,3 +295,139 @@ async fn the_access_log_has_one_line_per_request_and_the_data_path_does_not_wait
         .expect("not EOF");
     assert!(next.contains("/one-more"), "{next}");
 }
+
+/// Opens an h2c (prior knowledge) connection to `addr`; the task drives it.
+async fn h2c(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c prior-knowledge handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (h2, task)
+}
+
+fn h2_get(path: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::get(format!("http://app.example{path}"))
+        .body(Default::default())
+        .expect("request")
+}
+
+/// Waits until `color` has nothing in flight.
+async fn settled(proxy: &Proxy, color: &str) {
+    for _ in 0..250 {
+        if proxy.status().await["pools"][color]["in_flight"] == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{color} still has requests in flight after 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_breaks_off_mid_body_counts_as_an_upstream_error_on_both_paths() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Promises 100 bytes, sends 9, closes.
+    let (blue, _) = support::scripted_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part",
+        true,
+    )
+    .await;
+    let proxy = Proxy::start(&[blue], &[TestBackend::start("green").await.addr], "").await;
+    let counted = |text: &str| {
+        (
+            sample(
+                text,
+                r#"cutover_upstream_errors_total{color="blue",kind="reset"}"#,
+            ),
+            sample(text, r#"cutover_requests_total{color="blue",class="2xx"}"#),
+        )
+    };
+
+    // HTTP/1.1: the relay.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
+        .await
+        .expect("the proxy closes the cut-short answer")
+        .expect("read");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nonly part"), "{reply}");
+    settled(&proxy, "blue").await;
+    // The client saw a 200 head: that stays its class, and the break is an upstream error.
+    assert_eq!(counted(&metrics(&proxy).await), (1.0, 1.0));
+    let window = &proxy.status().await["pools"]["blue"]["window_10s"];
+    assert_eq!(
+        (&window["requests"], &window["errors"]),
+        (&1.into(), &1.into())
+    );
+
+    // h2c: hyper's path.
+    let (mut h2, _conn) = h2c(proxy.addr).await;
+    let resp = h2.send_request(h2_get("/")).await.expect("response head");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.into_body().collect().await.is_err(),
+        "a cut-short body must not look whole"
+    );
+    settled(&proxy, "blue").await;
+    assert_eq!(counted(&metrics(&proxy).await), (2.0, 2.0));
+    let window = &proxy.status().await["pools"]["blue"]["window_10s"];
+    assert_eq!(
+        (&window["requests"], &window["errors"]),
+        (&2.into(), &2.into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_its_answer_does_not_count_against_the_colour() {
+    use tokio::io::AsyncWriteExt;
+    let blue = TestBackend::start("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[TestBackend::start("green").await.addr], "").await;
+
+    // HTTP/1.1: the relay notices the client gone while it waits on the backend.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /slow?ms=2000 HTTP/1.1\r\nHost: app.example\r\n\r\n")
+        .await
+        .expect("write");
+    support::eventually("the backend has the request", || blue.hits() == 1).await;
+    drop(stream);
+    settled(&proxy, "blue").await;
+
+    // h2c: hyper drops the request when the connection goes.
+    let (mut h2, conn) = h2c(proxy.addr).await;
+    let pending = tokio::spawn(async move { h2.send_request(h2_get("/slow?ms=2000")).await });
+    support::eventually("the backend has the request", || blue.hits() == 2).await;
+    conn.abort();
+    pending.abort();
+    settled(&proxy, "blue").await;
+
+    let window = &proxy.status().await["pools"]["blue"]["window_10s"];
+    assert_eq!(window["requests"], 2, "{window}");
+    assert_eq!(window["errors"], 0, "{window}");
+    let text = metrics(&proxy).await;
+    for kind in ["connect", "timeout", "reset", "protocol"] {
+        let series = format!(r#"cutover_upstream_errors_total{{color="blue",kind="{kind}"}}"#);
+        assert_eq!(sample(&text, &series), 0.0, "{series}");
+    }
+}
