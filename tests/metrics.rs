@@ -336,7 +336,6 @@ async fn settled(proxy: &Proxy, color: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_breaks_off_mid_body_counts_as_an_upstream_error_on_both_paths() {
     use http_body_util::BodyExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Promises 100 bytes, sends 9, closes.
     let (blue, _) = support::scripted_backend(
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part",
@@ -344,40 +343,29 @@ async fn a_backend_that_breaks_off_mid_body_counts_as_an_upstream_error_on_both_
     )
     .await;
     let proxy = Proxy::start(&[blue], &[TestBackend::start("green").await.addr], "").await;
-    let counted = |text: &str| {
+    // (reset errors, 2xx answers, window requests, window errors) of blue.
+    let counted = async || {
+        let text = metrics(&proxy).await;
+        let window = &proxy.status().await["pools"]["blue"]["window_10s"];
         (
             sample(
-                text,
+                &text,
                 r#"cutover_upstream_errors_total{color="blue",kind="reset"}"#,
             ),
-            sample(text, r#"cutover_requests_total{color="blue",class="2xx"}"#),
+            sample(&text, r#"cutover_requests_total{color="blue",class="2xx"}"#),
+            window["requests"].as_u64().expect("requests"),
+            window["errors"].as_u64().expect("errors"),
         )
     };
 
-    // HTTP/1.1: the relay.
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\n\r\n")
-        .await
-        .expect("write");
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
-        .await
-        .expect("the proxy closes the cut-short answer")
-        .expect("read");
-    let reply = String::from_utf8_lossy(&reply);
+    // HTTP/1.1: the relay. It closes the connection of a cut-short answer.
+    let reply =
+        support::raw_exchange(proxy.addr, b"GET / HTTP/1.1\r\nHost: app.example\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
     assert!(reply.ends_with("\r\n\r\nonly part"), "{reply}");
     settled(&proxy, "blue").await;
     // The client saw a 200 head: that stays its class, and the break is an upstream error.
-    assert_eq!(counted(&metrics(&proxy).await), (1.0, 1.0));
-    let window = &proxy.status().await["pools"]["blue"]["window_10s"];
-    assert_eq!(
-        (&window["requests"], &window["errors"]),
-        (&1.into(), &1.into())
-    );
+    assert_eq!(counted().await, (1.0, 1.0, 1, 1));
 
     // h2c: hyper's path.
     let (mut h2, _conn) = h2c(proxy.addr).await;
@@ -388,12 +376,7 @@ async fn a_backend_that_breaks_off_mid_body_counts_as_an_upstream_error_on_both_
         "a cut-short body must not look whole"
     );
     settled(&proxy, "blue").await;
-    assert_eq!(counted(&metrics(&proxy).await), (2.0, 2.0));
-    let window = &proxy.status().await["pools"]["blue"]["window_10s"];
-    assert_eq!(
-        (&window["requests"], &window["errors"]),
-        (&2.into(), &2.into())
-    );
+    assert_eq!(counted().await, (2.0, 2.0, 2, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,22 +11,11 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use support::{
-    Conn, Proxy, TestBackend, admin_text, backend, get, request, sample, scripted_backend,
+    Conn, Proxy, TestBackend, admin_text, backend, get, raw_exchange, request, sample,
+    scripted_backend,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// Writes `raw` on a new connection to `addr` and reads until the proxy closes it.
-async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(raw).await.expect("write");
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
-        .await
-        .expect("the proxy answers and closes")
-        .expect("read");
-    String::from_utf8_lossy(&reply).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_response_with_trailers_reaches_the_client_whole_on_one_reused_connection() {

@@ -5,8 +5,7 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::{Proxy, backend, ws_backend};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{Proxy, backend, raw_exchange, ws_backend};
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws =
@@ -91,21 +90,13 @@ async fn a_websocket_opened_on_blue_keeps_echoing_after_a_switch_and_is_closed_a
 async fn an_upgrade_request_answered_200_with_a_request_pipelined_behind_it_gets_two_http_responses()
  {
     let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
-    let mut raw = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
-    raw.write_all(
+    // Both answers, then close.
+    let reply = raw_exchange(
+        proxy.addr,
         b"GET /first HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\
           GET /second HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .expect("write");
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut reply))
-        .await
-        .expect("both answers, then close")
-        .expect("read");
-    let reply = String::from_utf8_lossy(&reply);
+    .await;
     assert_eq!(reply.matches("HTTP/1.1 200 OK").count(), 2, "{reply}");
     assert!(!reply.contains("101"), "{reply}");
     assert_eq!(reply.matches("\r\n\r\nblue").count(), 2, "{reply}");

@@ -580,6 +580,20 @@ pub async fn scripted_backend(
     (addr, accepted)
 }
 
+/// Writes `raw` on a new connection to `addr` and reads until the proxy closes it
+/// (at most 5 s).
+pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(raw).await.expect("write");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
+        .await
+        .expect("the proxy answers and closes")
+        .expect("read");
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
 /// Polls `what` every 20 ms until it holds; fails after 5 s naming `why`.
 pub async fn eventually(why: &str, what: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
