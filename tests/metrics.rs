@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use support::{Conn, Proxy, TestBackend, admin_text, closed_port, get, sample};
+use support::{Conn, Proxy, TestBackend, admin_text, closed_port, get, h2c, sample};
 
 async fn metrics(proxy: &Proxy) -> String {
     let (status, text) = admin_text(&proxy.socket, "/metrics").await;
@@ -296,41 +296,19 @@ async fn the_access_log_has_one_line_per_request_and_the_data_path_does_not_wait
     assert!(next.contains("/one-more"), "{next}");
 }
 
-/// Opens an h2c (prior knowledge) connection to `addr`; the task drives it.
-async fn h2c(
-    addr: std::net::SocketAddr,
-) -> (
-    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2c prior-knowledge handshake");
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    (h2, task)
-}
-
 fn h2_get(path: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
     http::Request::get(format!("http://app.example{path}"))
         .body(Default::default())
         .expect("request")
 }
 
-/// Waits until `color` has nothing in flight.
-async fn settled(proxy: &Proxy, color: &str) {
-    for _ in 0..250 {
-        if proxy.status().await["pools"][color]["in_flight"] == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{color} still has requests in flight after 5 s");
+/// Waits until blue has nothing in flight.
+async fn settled(proxy: &Proxy) {
+    proxy
+        .wait_until("blue has nothing in flight", |s| {
+            s["pools"]["blue"]["in_flight"] == 0
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,7 +341,7 @@ async fn a_backend_that_breaks_off_mid_body_counts_as_an_upstream_error_on_both_
         support::raw_exchange(proxy.addr, b"GET / HTTP/1.1\r\nHost: app.example\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
     assert!(reply.ends_with("\r\n\r\nonly part"), "{reply}");
-    settled(&proxy, "blue").await;
+    settled(&proxy).await;
     // The client saw a 200 head: that stays its class, and the break is an upstream error.
     assert_eq!(counted().await, (1.0, 1.0, 1, 1));
 
@@ -375,7 +353,7 @@ async fn a_backend_that_breaks_off_mid_body_counts_as_an_upstream_error_on_both_
         resp.into_body().collect().await.is_err(),
         "a cut-short body must not look whole"
     );
-    settled(&proxy, "blue").await;
+    settled(&proxy).await;
     assert_eq!(counted().await, (2.0, 2.0, 2, 2));
 }
 
@@ -395,7 +373,7 @@ async fn a_client_that_leaves_before_its_answer_does_not_count_against_the_colou
         .expect("write");
     support::eventually("the backend has the request", || blue.hits() == 1).await;
     drop(stream);
-    settled(&proxy, "blue").await;
+    settled(&proxy).await;
 
     // h2c: hyper drops the request when the connection goes.
     let (mut h2, conn) = h2c(proxy.addr).await;
@@ -403,7 +381,7 @@ async fn a_client_that_leaves_before_its_answer_does_not_count_against_the_colou
     support::eventually("the backend has the request", || blue.hits() == 2).await;
     conn.abort();
     pending.abort();
-    settled(&proxy, "blue").await;
+    settled(&proxy).await;
 
     let window = &proxy.status().await["pools"]["blue"]["window_10s"];
     assert_eq!(window["requests"], 2, "{window}");

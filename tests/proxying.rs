@@ -5,8 +5,7 @@ mod support;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Conn, Proxy, backend, closed_port, get, request};
+use support::{Conn, Proxy, backend, closed_port, get, h2c, request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_and_a_post_reach_the_live_blue_backend_byte_exact() {
@@ -40,14 +39,7 @@ async fn an_h2c_client_gets_the_same_answers_as_an_http1_client() {
     let green = backend("green").await;
     let proxy = Proxy::start(&[blue], &[green], "").await;
 
-    let stream = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c prior-knowledge handshake");
-    tokio::spawn(conn);
+    let (mut h2, _conn) = h2c(proxy.addr).await;
 
     for (path, body) in [("/", ""), ("/echo", "hello over h2")] {
         let method = if body.is_empty() {

@@ -242,16 +242,7 @@ async fn after_a_switch_the_next_stream_on_the_same_http2_connection_is_answered
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
-    let stream = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2c handshake");
-    tokio::spawn(conn);
+    let (mut h2, _conn) = support::h2c(proxy.addr).await;
     let mut ask = async || {
         let req = http::Request::get("http://app.example/")
             .body(Full::new(Bytes::new()))

@@ -580,6 +580,25 @@ pub async fn scripted_backend(
     (addr, accepted)
 }
 
+/// Opens an h2c (prior knowledge) connection to `addr`; the returned task drives it,
+/// and aborting it drops the connection.
+pub async fn h2c(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c prior-knowledge handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (h2, task)
+}
+
 /// Writes `raw` on a new connection to `addr` and reads until the proxy closes it
 /// (at most 5 s).
 pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
