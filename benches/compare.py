@@ -247,12 +247,19 @@ def cpu_busy(cpu):
 
 
 def openloop(port, cpu, rate):
-    b0, t0 = cpu_busy(cpu)
     out = subprocess.run(["taskset", "-c", cpu, LOADGEN, f"http://127.0.0.1:{port}/", str(rate),
                           str(FIXED_DURATION), str(CONNS)], capture_output=True, text=True).stdout
-    b1, t1 = cpu_busy(cpu)
-    res = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out)}
-    res["busy"] = 100 * (b1 - b0) / max(t1 - t0, 1)
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", out)}
+
+
+def measured(proc, cpu, count, run):
+    """`run()`'s result, plus `cpu`: the proxy's CPU µs per request (its `count` key), and
+    `busy`: how busy the load core was, in %."""
+    c0, b0 = cpu_seconds(proc), cpu_busy(cpu)
+    res = run()
+    c1, b1 = cpu_seconds(proc), cpu_busy(cpu)
+    res["cpu"] = (c1 - c0) * 1e6 / max(res.get(count, 0), 1)
+    res["busy"] = 100 * (b1[0] - b0[0]) / max(b1[1] - b0[1], 1)
     return res
 
 
@@ -297,18 +304,12 @@ def main():
             subprocess.run(["wrk", "-t1", "-c64", "-d1s", f"http://127.0.0.1:{port_of[t]}/"], capture_output=True)
 
         closed = {t: [] for t in targets}
-        cpu = {t: [] for t in targets}
-        load_busy = {t: [] for t in targets}
         for r in range(ROUNDS):
             for t in targets:
-                c0, b0 = cpu_seconds(proc_of[t]), cpu_busy(cpu_of[t])
-                res = wrk(port_of[t], cpu_of[t])
-                c1, b1 = cpu_seconds(proc_of[t]), cpu_busy(cpu_of[t])
+                res = measured(proc_of[t], cpu_of[t], "total", lambda: wrk(port_of[t], cpu_of[t]))
                 closed[t].append(res)
-                cpu[t].append((c1 - c0) * 1e6 / max(res["total"], 1))
-                load_busy[t].append(100 * (b1[0] - b0[0]) / max(b1[1] - b0[1], 1))
                 print(f"round {r+1} closed {t:17} {res['rps']:>9.0f} req/s  p50 {res['p50']:.3f} ms  "
-                      f"p99 {res['p99']:.3f} ms  cpu {cpu[t][-1]:.1f} us/req  load core busy {load_busy[t][-1]:.0f}%  "
+                      f"p99 {res['p99']:.3f} ms  cpu {res['cpu']:.1f} us/req  load core busy {res['busy']:.0f}%  "
                       f"errors {res['errors']} {res['sock']}", file=sys.stderr)
 
         proxies = targets[1:]
@@ -324,11 +325,8 @@ def main():
                 q.set(BUDGET)
             for r in range(BUDGET_ROUNDS):
                 for t in proxies:
-                    c0, b0 = cpu_seconds(proc_of[t]), cpu_busy(cpu_of[t])
-                    res = wrk(port_of[t], cpu_of[t], BUDGET_DURATION)
-                    c1, b1 = cpu_seconds(proc_of[t]), cpu_busy(cpu_of[t])
-                    res["cpu"] = (c1 - c0) * 1e6 / max(res["total"], 1)
-                    res["busy"] = 100 * (b1[0] - b0[0]) / max(b1[1] - b0[1], 1)
+                    res = measured(proc_of[t], cpu_of[t], "total",
+                                   lambda: wrk(port_of[t], cpu_of[t], BUDGET_DURATION))
                     budgeted[t].append(res)
                     print(f"round {r+1} {BUDGET:g} core {t:17} {res['rps']:>9.0f} req/s  p99 {res['p99']:.3f} ms  "
                           f"cpu {res['cpu']:.1f} us/req  load core busy {res['busy']:.0f}%  "
@@ -342,9 +340,7 @@ def main():
         fixed = {t: [] for t in targets}
         for r in range(FIXED_ROUNDS):
             for t in targets:
-                c0 = cpu_seconds(proc_of[t])
-                res = openloop(port_of[t], cpu_of[t], rate)
-                res["cpu"] = (cpu_seconds(proc_of[t]) - c0) * 1e6 / max(res.get("sent", 0), 1)
+                res = measured(proc_of[t], cpu_of[t], "sent", lambda: openloop(port_of[t], cpu_of[t], rate))
                 fixed[t].append(res)
                 print(f"round {r+1} fixed  {t:17} {res.get('rate', 0):>9.0f} req/s  p99 {res.get('p99_us', 0)/1000:.3f} ms  "
                       f"p99.9 {res.get('p999_us', 0)/1000:.3f} ms  cpu {res['cpu']:.1f} us/req  load core busy {res['busy']:.0f}%  "
@@ -362,8 +358,8 @@ def main():
                 p99=med([x["p99"] for x in closed[t]]), fp99=med([x.get("p99_us", 0) for x in fixed[t]]) / 1000,
                 fp999=med([x.get("p999_us", 0) for x in fixed[t]]) / 1000, fcpu=med([x["cpu"] for x in fixed[t]]),
                 errs=sum(x["errors"] for x in closed[t] + b) + sum(x.get("errors", 0) for x in fixed[t]),
-                cpu=med(cpu[t]), peak=peak[t] / 1024, idle=(idle[t][1] / 1024 if t in idle else None),
-                load=med(load_busy[t]), brps=med([x["rps"] for x in b]) if b else None,
+                cpu=med([x["cpu"] for x in closed[t]]), peak=peak[t] / 1024, idle=(idle[t][1] / 1024 if t in idle else None),
+                load=med([x["busy"] for x in closed[t]]), brps=med([x["rps"] for x in b]) if b else None,
                 bp99=med([x["p99"] for x in b]) if b else None, bcpu=med([x["cpu"] for x in b]) if b else None))
         h = next(r for r in rows if r["t"] == "haproxy")
         busy = med([x["busy"] for t in proxies for x in fixed[t]])
