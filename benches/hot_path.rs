@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request};
 
 use cutover::config::{PoolConfig, UpstreamConfig};
@@ -17,6 +17,8 @@ use cutover::h1;
 use cutover::headers;
 use cutover::metrics::Telemetry;
 use cutover::pool::Pool;
+use cutover::rules::forwarded::Client;
+use cutover::rules::{Policy, request};
 use cutover::snapshot::{Color, Snapshot};
 use cutover::upstream::Upstreams;
 
@@ -102,21 +104,32 @@ fn header_rewrite(c: &mut Criterion) {
     hop.insert("x-trace", HeaderValue::from_static("1"));
     hop.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
     let peer = headers::forwarded_for("192.0.2.44".parse().expect("ip"));
-    let host = Some(HeaderValue::from_static("shop.example"));
+    let client = Client {
+        addr: peer.as_bytes(),
+        trusted: false,
+        proto: "http",
+    };
+    let policy = Policy::default();
 
     for (name, template) in [
         ("headers: typical request", typical),
         ("headers: hop-by-hop + XFF chain", hop),
     ] {
         c.bench_function(name, |b| {
-            b.iter_batched_ref(
-                || template.clone(),
-                |h| {
-                    headers::strip_hop_by_hop(h);
-                    headers::add_forwarded(h, &peer, "http", host.clone());
-                },
-                BatchSize::SmallInput,
-            )
+            b.iter(|| {
+                let fields = headers::field_lines(black_box(&template));
+                let head = request::Head {
+                    method: "GET",
+                    target: b"/products?page=2",
+                    version: request::Version::Http11,
+                    authority: None,
+                    fields: &fields,
+                };
+                match request::check(&head, &policy) {
+                    Ok(plan) => headers::forwarded(&template, &fields, &plan, client, b"").len(),
+                    Err(_) => 0,
+                }
+            })
         });
     }
 }
@@ -132,12 +145,20 @@ fn relay_heads(c: &mut Criterion) {
         b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 23 Nov 2026 03:00:00 GMT\r\n\
         Content-Type: text/html\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
     let mut out = Vec::with_capacity(4096);
+    let policy = Policy::default();
+    let client = Client {
+        addr: b"192.0.2.44",
+        trusted: false,
+        proto: "http",
+    };
     c.bench_function("relay: parse + rewrite a request head", |b| {
         b.iter(|| {
             let mut fields = h1::fields();
-            if let h1::Parsed::Complete(req) = h1::parse_request(black_box(request), &mut fields) {
+            if let h1::Parsed::Complete(req) =
+                h1::parse_request(black_box(request), &mut fields, &policy)
+            {
                 out.clear();
-                req.write_forwarded(b"192.0.2.44", &mut out);
+                req.write_forwarded(client, &mut out);
             }
             out.len()
         })
@@ -145,7 +166,9 @@ fn relay_heads(c: &mut Criterion) {
     c.bench_function("relay: parse + rewrite a response head", |b| {
         b.iter(|| {
             let mut fields = h1::fields();
-            if let Ok(Some(resp)) = h1::parse_response(black_box(response), &mut fields, false) {
+            if let Ok(Some(resp)) =
+                h1::parse_response(black_box(response), &mut fields, false, &policy.limits)
+            {
                 out.clear();
                 resp.write_forwarded(Some("blue"), false, &mut out);
             }

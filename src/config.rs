@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::rules::forwarded::Cidr;
+use crate::rules::{Limits, Policy, Underscores};
 use crate::snapshot::Color;
 
 /// A validated configuration; every field has been checked.
@@ -35,6 +37,8 @@ pub struct Config {
     pub access_log: Option<PathBuf>,
     /// Add `x-cutover-color` to responses, naming the colour that served them.
     pub color_header: bool,
+    /// The rulebook's settings: `[limits]` on heads, `[http]`, `[forwarded]`.
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +183,34 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    forwarded: RawForwarded,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_request_head: Option<usize>,
+    max_headers: Option<usize>,
+    max_uri: Option<usize>,
+    max_response_head: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    headers_with_underscores: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwarded {
+    #[serde(default)]
+    trusted: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -342,6 +374,7 @@ impl Config {
             },
             access_log: None,
             color_header: true,
+            policy: Policy::default(),
         }
     }
 }
@@ -469,6 +502,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         );
     }
 
+    let policy = policy(&raw.limits, &raw.http, &raw.forwarded, problems);
     Some(Config {
         listen: ListenConfig {
             address: address.ok()?,
@@ -491,7 +525,83 @@ fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         },
         access_log: raw.access_log.map(|a| a.path),
         color_header: raw.routing.color_header,
+        policy,
     })
+}
+
+/// `[limits]`, `[http]` and `[forwarded]`: the rulebook's settings.
+fn policy(
+    limits: &RawLimits,
+    http: &RawHttp,
+    forwarded: &RawForwarded,
+    problems: &mut Vec<Problem>,
+) -> Policy {
+    let d = Limits::default();
+    let mut size = |key: &str, value: Option<usize>, default: usize, range: (usize, usize)| {
+        let v = value.unwrap_or(default);
+        if !(range.0..=range.1).contains(&v) {
+            problem(
+                problems,
+                &format!("limits.{key}"),
+                format!(
+                    "{v} is out of range; use {} to {} (default {default})",
+                    range.0, range.1
+                ),
+            );
+            return default;
+        }
+        v
+    };
+    const MIB: usize = 1024 * 1024;
+    let limits = Limits {
+        max_request_head: size(
+            "max_request_head",
+            limits.max_request_head,
+            d.max_request_head,
+            (1024, MIB),
+        ),
+        max_headers: size(
+            "max_headers",
+            limits.max_headers,
+            d.max_headers,
+            (1, crate::rules::MAX_FIELDS),
+        ),
+        max_uri: size("max_uri", limits.max_uri, d.max_uri, (16, MIB)),
+        max_response_head: size(
+            "max_response_head",
+            limits.max_response_head,
+            d.max_response_head,
+            (1024, MIB),
+        ),
+    };
+    let underscores = match http.headers_with_underscores.as_deref() {
+        None | Some("drop") => Underscores::Drop,
+        Some("reject") => Underscores::Reject,
+        Some("allow") => Underscores::Allow,
+        Some(other) => {
+            problem(
+                problems,
+                "http.headers_with_underscores",
+                format!(
+                    "{:?} is not one of \"drop\", \"reject\", \"allow\"",
+                    other.chars().take(40).collect::<String>()
+                ),
+            );
+            Underscores::Drop
+        }
+    };
+    let mut trusted = Vec::with_capacity(forwarded.trusted.len());
+    for (i, text) in forwarded.trusted.iter().enumerate() {
+        match text.parse::<Cidr>() {
+            Ok(range) => trusted.push(range),
+            Err(e) => problem(problems, &format!("forwarded.trusted[{i}]"), e.to_string()),
+        }
+    }
+    Policy {
+        limits,
+        underscores,
+        trusted,
+    }
 }
 
 /// One worker per available core.

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::rules::blame::Fault;
 use crate::snapshot::Color;
 
 /// Why a proxied request got no upstream response.
@@ -29,6 +30,13 @@ pub enum ProxyError {
         color: Color,
         after: Duration,
     },
+    /// The client's request body broke off or was malformed while it was being sent on.
+    #[error("the client's request body to {backend} ({color}) was malformed or cut short: {cause}")]
+    ClientBody {
+        backend: String,
+        color: Color,
+        cause: String,
+    },
 }
 
 impl ProxyError {
@@ -37,6 +45,15 @@ impl ProxyError {
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Whose fault it is: only a backend's counts against it.
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::ClientBody { .. } => Fault::Client,
+            _ => Fault::Backend,
         }
     }
 
@@ -47,6 +64,7 @@ impl ProxyError {
             ProxyError::Connect { .. } => "502 Bad Gateway: backend unreachable\n",
             ProxyError::Upstream { .. } => "502 Bad Gateway: backend failed before responding\n",
             ProxyError::Timeout { .. } => "504 Gateway Timeout: backend did not respond in time\n",
+            ProxyError::ClientBody { .. } => "400 Bad Request: invalid request body\n",
         }
     }
 }

@@ -1,75 +1,109 @@
-//! Header rewriting at the proxy boundary: hop-by-hop removal, `X-Forwarded-*`, `Via`.
+//! Hyper's side of the rulebook: a `HeaderMap` as field lines for the [`rules`]
+//! (crate::rules), the rulebook's added fields written into a `HeaderMap`, and the
+//! client's request body wrapped so that its failure is known as the client's.
 
+use std::error::Error as StdError;
+use std::fmt;
 use std::io::Write;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 
-/// RFC 9110 §7.6.1: "a proxy or gateway MUST parse a received Connection header field
-/// before a message is forwarded and, for each connection-option in this field, remove
-/// any header or trailer field(s) from the message with the same name as the
-/// connection-option, and then remove the Connection header field itself (or replace it
-/// with the intermediary's own control options for the forwarded message)."
-/// Then the fields that are hop-by-hop by definition (§7.6.1 lists Proxy-Connection,
-/// Keep-Alive, TE, Transfer-Encoding and Upgrade; Trailer is per-hop framing too).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the (few) names present, instead of a hashed lookup per
-    // hop-by-hop name: most messages carry none, many only `Connection`.
-    let mut present = 0u8;
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name.as_str().as_bytes()) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 {
-        return;
-    }
-    if present & 1 != 0 {
-        // Options that name a fixed hop-by-hop field (`keep-alive`, `close` is none)
-        // are covered below; only other names need a lookup of their own.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close"))
-            .filter(|t| hop_by_hop_index(t).is_none())
-            .filter_map(|t| HeaderName::from_bytes(t).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(name);
-        }
-    }
-}
-
-/// The position in [`HOP_BY_HOP`] of a field name (any case), if it is one.
-fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
-    HOP_BY_HOP
-        .iter()
-        .position(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
-}
-
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+use crate::rules::forwarded::{self, Client, Sink};
+use crate::rules::request::Plan;
+use crate::upstream::UpstreamError;
 
 /// The `Via` value this proxy adds (RFC 9110 §7.6.3: a proxy MUST send Via).
 pub static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 cutover");
+
+/// A header map as the rulebook reads it, in the map's iteration order (the order the
+/// rulebook's field masks refer to).
+pub fn field_lines(headers: &HeaderMap) -> Vec<httparse::Header<'_>> {
+    headers
+        .iter()
+        .map(|(name, value)| httparse::Header {
+            name: name.as_str(),
+            value: value.as_bytes(),
+        })
+        .collect()
+}
+
+/// The request's header map as the backend gets it: the fields `plan` keeps (`fields`
+/// are `headers` as [`field_lines`]), then the rulebook's added ones.
+pub fn forwarded(
+    headers: &HeaderMap,
+    fields: &[httparse::Header<'_>],
+    plan: &Plan<'_>,
+    client: Client<'_>,
+    fallback_host: &[u8],
+) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(fields.len() + 5);
+    for (i, (name, value)) in headers.iter().enumerate() {
+        if plan.skip & (1 << i) == 0 {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    forwarded::add(
+        plan,
+        fields,
+        client,
+        fallback_host,
+        &mut MapSink::new(&mut out),
+    );
+    out
+}
+
+/// Writes the rulebook's added fields into a header map.
+pub struct MapSink<'m> {
+    map: &'m mut HeaderMap,
+    name: &'static str,
+    value: Vec<u8>,
+    /// The value is one part, `value` not used: it can be taken without copying when
+    /// it is one of ours.
+    parts: usize,
+}
+
+impl<'m> MapSink<'m> {
+    pub fn new(map: &'m mut HeaderMap) -> MapSink<'m> {
+        MapSink {
+            map,
+            name: "",
+            value: Vec::new(),
+            parts: 0,
+        }
+    }
+}
+
+impl Sink for MapSink<'_> {
+    fn begin(&mut self, name: &'static str) {
+        self.name = name;
+        self.value.clear();
+        self.parts = 0;
+    }
+
+    fn part(&mut self, bytes: &[u8]) {
+        self.parts += 1;
+        self.value.extend_from_slice(bytes);
+    }
+
+    fn end(&mut self) {
+        let value = match (self.parts, self.value.as_slice()) {
+            (1, forwarded::VIA) => VIA_VALUE.clone(),
+            (1, b"http") => HeaderValue::from_static("http"),
+            (_, bytes) => match HeaderValue::from_bytes(bytes) {
+                Ok(v) => v,
+                // The parts are field values already accepted and our own text.
+                Err(_) => return,
+            },
+        };
+        self.map.append(HeaderName::from_static(self.name), value);
+    }
+}
 
 /// A client's IP as an X-Forwarded-For entry. Formatted once per connection, then
 /// cloned (a reference count) into each of its requests.
@@ -78,39 +112,6 @@ pub fn forwarded_for(peer: IpAddr) -> HeaderValue {
     let ip = format_ip(peer, &mut buf);
     // An IP address is ASCII digits, dots, colons and hex: always a valid value.
     HeaderValue::from_bytes(ip).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-/// Appends `peer` (from [`forwarded_for`]) to X-Forwarded-For, sets X-Forwarded-Proto
-/// to `proto` and X-Forwarded-Host to the host the client asked for, and appends our
-/// `Via` entry.
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    peer: &HeaderValue,
-    proto: &'static str,
-    host: Option<HeaderValue>,
-) {
-    // Room for the four fields added below at once, instead of growing (and rehashing)
-    // a map sized for what the client sent once per insert.
-    headers.reserve(4);
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        // RFC 7239 §5.2 style list: the existing chain, then the peer we saw.
-        Some(prev) if !prev.is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(peer.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
-        }
-        _ => Some(peer.clone()),
-    };
-    if let Some(xff) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), xff);
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
-    headers.append(header::VIA, VIA_VALUE.clone());
 }
 
 /// Formats an IP into a stack buffer: no allocation on the hot path.
@@ -122,33 +123,83 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
     &buf[..n]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A client's request body on its way to a backend. Its failure (a malformed chunk, a
+/// body cut short) surfaces as a [`ClientBodyError`] in the upstream error's chain, so
+/// it is blamed on the client, not on the backend.
+pub enum ClientBody {
+    Streaming(Incoming),
+    /// No body (also what a retry sends again).
+    Empty,
+}
 
-    #[test]
-    fn connection_named_and_fixed_hop_by_hop_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, X-Secret, Keep-Alive"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+/// The client's request body failed.
+#[derive(Debug)]
+pub struct ClientBodyError(hyper::Error);
+
+impl fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client request body: {}", self.0)
+    }
+}
+
+impl StdError for ClientBodyError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl ClientBody {
+    pub fn new(body: Incoming) -> ClientBody {
+        if body.is_end_stream() {
+            ClientBody::Empty
+        } else {
+            ClientBody::Streaming(body)
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
+            ClientBody::Streaming(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(ClientBodyError))),
+            ClientBody::Empty => Poll::Ready(None),
+        }
     }
 
-    #[test]
-    fn forwarded_for_appends_the_peer_to_an_existing_chain() {
-        let mut h = HeaderMap::new();
-        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
-        let peer = forwarded_for("2001:db8::1".parse().expect("ip"));
-        add_forwarded(&mut h, &peer, "http", None);
-        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 2001:db8::1");
-        assert_eq!(h[&X_FORWARDED_PROTO], "http");
-        assert_eq!(h[header::VIA], "1.1 cutover");
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Streaming(body) => body.is_end_stream(),
+            ClientBody::Empty => true,
+        }
     }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Streaming(body) => body.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Whether an upstream failure was the client's body failing.
+pub fn client_body_failed(e: &UpstreamError) -> bool {
+    let UpstreamError::Http(e) = e else {
+        return false;
+    };
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<ClientBodyError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }

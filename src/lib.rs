@@ -47,6 +47,7 @@ pub mod pool;
 pub mod proxy;
 pub mod relay;
 pub mod rewind;
+pub mod rules;
 pub mod server;
 pub mod snapshot;
 pub mod stats;

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::config::ListenConfig;
 use crate::proxy::{Peer, Proxy};
 use crate::relay;
+use crate::rules::Limits;
 
 /// The open client connections: each holds a [`Watch`], so the count is theirs, and
 /// cancelling the token asks them all to finish.
@@ -61,15 +62,26 @@ impl Watch {
 }
 
 /// Builds the connection builder once; cloned into nothing, shared by reference.
-pub fn connection_builder(config: &ListenConfig) -> auto::Builder<TokioExecutor> {
+/// Hyper's own head limits are set at or above the rulebook's, which judges every head
+/// by the same measure on every path; hyper's only catch what it would buffer beyond.
+pub fn connection_builder(config: &ListenConfig, limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
         .writev(false)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+        .keep_alive(true)
+        .max_headers(limits.max_headers)
+        // hyper's minimum is 8 KiB; room for white space the canonical size leaves out.
+        .max_buf_size((limits.max_request_head * 2).max(8 * 1024));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // RFC 9113 §6.5.2 counts 32 bytes per field on top of name and value.
+        .max_header_list_size(
+            u32::try_from(limits.max_request_head + 32 * limits.max_headers).unwrap_or(u32::MAX),
+        );
     builder
 }
 
@@ -102,7 +114,7 @@ pub async fn serve(
         }
         let conn = relay::serve(
             stream,
-            Peer::new(peer),
+            Peer::new(peer, &proxy.policy),
             Arc::clone(&proxy),
             Arc::clone(&builder),
             header_timeout,

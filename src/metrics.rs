@@ -22,6 +22,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 use crate::access_log::AccessLog;
 use crate::drain::Tracker;
+use crate::rules::request::{REASONS, Reject};
 use crate::snapshot::{Color, Snapshot};
 use crate::stats::Stats;
 
@@ -66,6 +67,8 @@ pub struct Telemetry {
     duration: [DurationHistogram; 2],
     upstream_errors: [[Counter; 4]; 2],
     switches: [[Counter; 2]; 2],
+    /// Requests refused by the rulebook (the client's fault), by reason.
+    refused: [Counter; REASONS.len()],
     pub stats: Stats,
     pub access_log: Option<AccessLog>,
     access_dropped: Counter,
@@ -114,6 +117,8 @@ impl Telemetry {
             })
         });
         let access_dropped = counter("cutover_access_log_dropped_total", &[]);
+        let refused =
+            REASONS.map(|reason| counter("cutover_requests_refused_total", &[("reason", reason)]));
         let handle = recorder.handle();
         Telemetry {
             enabled,
@@ -123,6 +128,7 @@ impl Telemetry {
             duration,
             upstream_errors,
             switches,
+            refused,
             stats: Stats::default(),
             access_log,
             access_dropped,
@@ -152,6 +158,14 @@ impl Telemetry {
     pub fn upstream_error(&self, color: Color, kind: ErrorKind) {
         if self.enabled {
             self.upstream_errors[color.index()][kind as usize].increment(1);
+        }
+    }
+
+    /// A request the rulebook refused, or whose body the client broke: counted here
+    /// only, never against a colour or a backend.
+    pub fn refused(&self, reject: Reject) {
+        if self.enabled {
+            self.refused[reject.index()].increment(1);
         }
     }
 
@@ -240,7 +254,13 @@ impl DurationHistogram {
 }
 
 fn describe(r: &PrometheusRecorder) {
-    let help: [(&str, Option<Unit>, &str, bool); 12] = [
+    let help: [(&str, Option<Unit>, &str, bool); 13] = [
+        (
+            "cutover_requests_refused_total",
+            None,
+            "Requests refused as the client's fault (malformed, over a limit, bad framing or body), by reason; never counted against a colour.",
+            true,
+        ),
         (
             "cutover_requests_total",
             None,

@@ -1,6 +1,8 @@
-//! One request through the data path: load the snapshot once, route, pick a backend,
-//! rewrite headers, forward with the pooled client, stream the response back while an
-//! [`InFlight`] guard counts it against its colour.
+//! The hyper path (HTTP/2, and HTTP/1.1 the relay hands over): hyper's parsed heads
+//! turned into field lines for the [`rules`](crate::rules), then one request through
+//! the data path: load the snapshot once, route, pick a backend, rewrite the head as
+//! the rulebook says, forward on a kept-alive connection, stream the response back
+//! while an [`InFlight`] guard counts it against its colour.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -22,8 +24,12 @@ use hyper_util::rt::TokioIo;
 use crate::config::UpstreamConfig;
 use crate::drain::{AccessEntry, InFlight, Tracker};
 use crate::error::ProxyError;
-use crate::headers;
+use crate::headers::{self, ClientBody};
 use crate::metrics::ErrorKind;
+use crate::rules::forwarded::{self, Client};
+use crate::rules::request::{self, Reject, Version as RuleVersion};
+use crate::rules::response::{self, BadResponse};
+use crate::rules::{Limits, Policy, retry};
 use crate::snapshot::{Color, Routable, Snapshot};
 use crate::upstream::{Sender, UpstreamError};
 
@@ -38,6 +44,8 @@ pub struct Proxy {
     pub(crate) response_timeout: Duration,
     /// Whether responses carry `x-cutover-color`.
     pub(crate) color_header: bool,
+    /// The rulebook's settings: limits, `_` in names, trusted forwarders.
+    pub(crate) policy: Policy,
 }
 
 /// The client end of a connection, as each request on it needs it.
@@ -45,13 +53,25 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// `addr`'s IP as an X-Forwarded-For entry, formatted once per connection.
     pub forwarded_for: HeaderValue,
+    /// `addr` is in `[forwarded] trusted`: its X-Forwarded-For is extended.
+    pub trusted: bool,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
+    pub fn new(addr: SocketAddr, policy: &Policy) -> Peer {
         Peer {
             addr,
             forwarded_for: headers::forwarded_for(addr.ip()),
+            trusted: forwarded::trusted(&policy.trusted, addr.ip()),
+        }
+    }
+
+    /// The client as the rulebook's added fields name it.
+    pub fn client(&self) -> Client<'_> {
+        Client {
+            addr: self.forwarded_for.as_bytes(),
+            trusted: self.trusted,
+            proto: "http",
         }
     }
 }
@@ -114,22 +134,25 @@ impl Proxy {
         tracker: Arc<Tracker>,
         upstream: &UpstreamConfig,
         color_header: bool,
+        policy: Policy,
     ) -> Proxy {
         Proxy {
             snapshot,
             tracker,
             response_timeout: upstream.response_timeout,
             color_header,
+            policy,
         }
     }
 
     /// Forwards one request and returns the response to send to the client. Never fails:
-    /// upstream errors become 502/503/504 responses and a log line.
+    /// a refused request gets the rulebook's 4xx, upstream errors become 502/503/504
+    /// responses and a log line.
     ///
-    /// Routing, the backend pick and the request rewrite run before the returned future
-    /// exists, so that future holds only what lives across the wait for the backend: it
-    /// is moved a few times per request by the connection machinery, and its size is
-    /// what each move copies.
+    /// Judging, routing, the backend pick and the request rewrite run before the
+    /// returned future exists, so that future holds only what lives across the wait for
+    /// the backend: it is moved a few times per request by the connection machinery, and
+    /// its size is what each move copies.
     pub fn forward(
         &self,
         req: Request<Incoming>,
@@ -137,35 +160,102 @@ impl Proxy {
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + use<> {
         let sent = self.send(req, peer);
         let (timeout, color_header) = (self.response_timeout, self.color_header);
+        let limits = self.policy.limits;
         async move {
             Ok(match sent {
-                Ok(sent) => sent.response(timeout, color_header).await,
-                Err(err) => local_response(err.status(), err.client_message()),
+                Ok(sent) => sent.response(timeout, color_header, limits).await,
+                Err(NotSent::Failed(err)) => local_response(err.status(), err.client_message()),
+                Err(NotSent::Refused(reject)) => refused_response(reject),
             })
         }
     }
 
-    /// Routes `req`, picks a backend, counts the request against its colour and
-    /// rewrites it for the backend; [`Sent::response`] does the I/O.
-    fn send(&self, mut req: Request<Incoming>, client: &Peer) -> Result<Sent, ProxyError> {
+    /// Judges `req` by the rulebook, routes it, picks a backend, counts the request
+    /// against its colour and rewrites it for the backend; [`Sent::response`] does the
+    /// I/O.
+    fn send(&self, req: Request<Incoming>, client: &Peer) -> Result<Sent, NotSent> {
         let peer = client.addr;
-        let in_flight = self.start(&req, peer, |req| {
-            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            (req.method().clone(), target.to_owned())
-        })?;
+        let (mut parts, body) = req.into_parts();
+        let (in_flight, headers, upgrade) = {
+            let fields = headers::field_lines(&parts.headers);
+            let absolute;
+            let target = match (parts.version, parts.uri.scheme()) {
+                (Version::HTTP_2, _) | (_, None) => {
+                    parts.uri.path_and_query().map_or("/", |p| p.as_str())
+                }
+                (_, Some(_)) => {
+                    absolute = parts.uri.to_string();
+                    absolute.as_str()
+                }
+            };
+            let head = request::Head {
+                method: parts.method.as_str(),
+                target: target.as_bytes(),
+                version: match parts.version {
+                    Version::HTTP_2 => RuleVersion::H2,
+                    Version::HTTP_10 | Version::HTTP_09 => RuleVersion::Http10,
+                    _ => RuleVersion::Http11,
+                },
+                authority: (parts.version == Version::HTTP_2)
+                    .then(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
+                    .flatten(),
+                fields: &fields,
+            };
+            let plan = match request::check(&head, &self.policy) {
+                Ok(plan) => plan,
+                Err(reject) => {
+                    tracing::debug!(peer = %peer, error = %reject, "request refused");
+                    self.tracker.telemetry().refused(reject);
+                    return Err(NotSent::Refused(reject));
+                }
+            };
+            let in_flight = self
+                .start(&parts, peer, |parts| {
+                    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                    (parts.method.clone(), target.to_owned())
+                })
+                .map_err(NotSent::Failed)?;
+            let fallback = in_flight.backend().authority.as_str().as_bytes();
+            let headers =
+                headers::forwarded(&parts.headers, &fields, &plan, client.client(), fallback);
+            (in_flight, headers, plan.upgrade)
+        };
         // RFC 9110 §7.8: Upgrade is hop-by-hop, so it is re-sent to the backend only when
         // the client asked for it with `Connection: upgrade` (HTTP/1.1 only).
-        let upgrade =
-            upgrade_request(&req).map(|protocol| (hyper::upgrade::on(&mut req), protocol));
-        prepare_request(
-            &mut req,
-            &client.forwarded_for,
-            &in_flight,
-            upgrade.as_ref().map(|(_, p)| p.clone()),
+        let protocol = upgrade.then(|| parts.headers.get(header::UPGRADE).cloned());
+        parts.headers = headers;
+        let mut req = Request::from_parts(parts, body);
+        let upgrade = protocol
+            .flatten()
+            .map(|protocol| (hyper::upgrade::on(&mut req), protocol));
+        let (mut parts, body) = req.into_parts();
+        if let Some((_, protocol)) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
+        parts.version = Version::HTTP_11;
+        // Origin-form to the backend (RFC 9112 §3.2.1), which is what a server that is
+        // not a proxy expects.
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            let origin = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            parts.uri = Uri::from(origin);
+        }
+        let retry = retry::may_retry(
+            parts.method.as_str(),
+            true,
+            false,
+            http_body::Body::is_end_stream(&body),
         );
         Ok(Sent {
             in_flight,
-            req,
+            req: Request::from_parts(parts, ClientBody::new(body)),
+            retry,
             upgrade,
             peer,
         })
@@ -205,12 +295,42 @@ impl Proxy {
         }
         Ok(in_flight)
     }
+}
 
-    /// A backend's response headers as the client gets them: hop-by-hop fields out,
-    /// then our `Via` and (when on) `x-cutover-color` in, so nothing the backend names
-    /// in `Connection` can remove what cutover adds.
-    fn response_headers(headers: &mut http::HeaderMap, color: Color, color_header: bool) {
-        headers::strip_hop_by_hop(headers);
+/// A backend's response head judged by the rulebook and rewritten as the client gets
+/// it: the fields the rulebook keeps, one Content-Length where equal ones were merged,
+/// then our `Via` and (when on) `x-cutover-color`, so nothing the backend names in
+/// `Connection` can remove what cutover adds.
+fn response_head(
+    parts: &mut http::response::Parts,
+    color: Color,
+    color_header: bool,
+    limits: &Limits,
+) -> Result<(), BadResponse> {
+    let headers = {
+        let fields = headers::field_lines(&parts.headers);
+        let reason = match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+            Some(reason) => reason.as_bytes(),
+            None => parts.status.canonical_reason().unwrap_or("").as_bytes(),
+        };
+        let head = response::Head {
+            code: parts.status.as_u16(),
+            http11: parts.version != Version::HTTP_10,
+            reason,
+            fields: &fields,
+            head_request: false,
+        };
+        let plan = response::check(&head, limits)?;
+        let skip = plan.skip | if color_header { plan.color_fields } else { 0 };
+        let mut headers = HeaderMap::with_capacity(fields.len() + 2);
+        for (i, (name, value)) in parts.headers.iter().enumerate() {
+            if skip & (1 << i) == 0 {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if let (true, response::Framing::Length(n)) = (plan.merge_length, plan.framing) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
         headers.append(header::VIA, headers::VIA_VALUE.clone());
         if color_header {
             headers.insert(
@@ -218,7 +338,17 @@ impl Proxy {
                 HeaderValue::from_static(color.as_str()),
             );
         }
-    }
+        headers
+    };
+    parts.headers = headers;
+    Ok(())
+}
+
+/// Why a request got no backend: the rulebook refused it, or routing or a backend
+/// failed.
+enum NotSent {
+    Refused(Reject),
+    Failed(ProxyError),
 }
 
 /// A routed and rewritten request with its in-flight guard, ready for its backend.
@@ -226,7 +356,9 @@ struct Sent {
     /// Counts the request against its colour until the response body ends.
     in_flight: InFlight,
     /// The rewritten request, for the backend `in_flight` names.
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
+    /// It may be sent again if a reused connection fails before any answer.
+    retry: bool,
     /// The client side of an upgrade and the protocol asked for, when it asked.
     upgrade: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
     /// For the log line of a failure.
@@ -239,10 +371,16 @@ impl Sent {
     /// Waits (bounded by `timeout`) for the backend's response headers and turns them
     /// into the client's response: streamed body, a tunnel after a 101, or the 502/504
     /// that says why there is none.
-    async fn response(self, timeout: Duration, color_header: bool) -> Response<ProxyBody> {
+    async fn response(
+        self,
+        timeout: Duration,
+        color_header: bool,
+        limits: Limits,
+    ) -> Response<ProxyBody> {
         let Sent {
             mut in_flight,
             req,
+            retry,
             upgrade,
             peer,
         } = self;
@@ -251,7 +389,7 @@ impl Sent {
             let sent = in_flight
                 .tracker()
                 .upstreams()
-                .send(in_flight.backend(), req);
+                .send(in_flight.backend(), req, retry);
             // Pinned where it is: the timeout wraps a reference, not a copy of it.
             tokio::pin!(sent);
             tokio::time::timeout(timeout, sent).await
@@ -268,46 +406,62 @@ impl Sent {
             }
             Ok(Err(e)) => {
                 let (backend, cause) = (in_flight.backend().address.clone(), error_chain(&e));
-                let err = if matches!(
+                let (err, kind) = if headers::client_body_failed(&e) {
+                    let err = ProxyError::ClientBody {
+                        backend,
+                        color,
+                        cause,
+                    };
+                    return client_failed(&mut in_flight, err, peer);
+                } else if matches!(
                     e,
                     UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_)
                 ) {
-                    ProxyError::Connect {
+                    let err = ProxyError::Connect {
                         backend,
                         color,
                         cause,
-                    }
+                    };
+                    (err, error_kind(&e))
                 } else {
-                    ProxyError::Upstream {
+                    let err = ProxyError::Upstream {
                         backend,
                         color,
                         cause,
-                    }
+                    };
+                    (err, error_kind(&e))
                 };
-                return failed(&mut in_flight, error_kind(&e), err, peer);
+                return failed(&mut in_flight, kind, err, peer);
             }
         };
-        in_flight.backend().record(!resp.status().is_server_error());
-        in_flight.status = resp.status().as_u16();
-
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some((client_upgrade, protocol)) = upgrade
         {
             // The backend connection becomes the tunnel; it is not reused.
             drop(conn);
             let backend_upgrade = hyper::upgrade::on(&mut resp);
+            let accepted = resp.headers().get(header::UPGRADE).cloned();
+            let (mut parts, _) = resp.into_parts();
+            if let Err(bad) = response_head(&mut parts, color, color_header, &limits) {
+                return bad_response(&mut in_flight, bad, peer);
+            }
+            in_flight.backend().record(true);
+            in_flight.status = 101;
             spawn_tunnel(&in_flight, client_upgrade, backend_upgrade);
-            let headers = resp.headers_mut();
-            let accepted = headers.get(header::UPGRADE).cloned().unwrap_or(protocol);
-            Proxy::response_headers(headers, color, color_header);
             // RFC 9110 §7.8: the 101 names the protocol switched to, for this hop too.
+            let headers = &mut parts.headers;
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, accepted);
+            headers.insert(header::UPGRADE, accepted.unwrap_or(protocol));
             // The 101 has no body; the request is done, the tunnel is counted on its own.
-            return resp.map(|_| ProxyBody::Local(None));
+            return Response::from_parts(parts, ProxyBody::Local(None));
         }
         let (mut parts, body) = resp.into_parts();
-        Proxy::response_headers(&mut parts.headers, color, color_header);
+        if let Err(bad) = response_head(&mut parts, color, color_header, &limits) {
+            // The connection is dropped with the body: not reused.
+            return bad_response(&mut in_flight, bad, peer);
+        }
+        in_flight.backend().record(!parts.status.is_server_error());
+        in_flight.status = parts.status.as_u16();
         Response::from_parts(
             parts,
             ProxyBody::Upstream {
@@ -317,6 +471,42 @@ impl Sent {
             },
         )
     }
+}
+
+/// A response head the rulebook refuses: 502, a protocol error against the backend.
+fn bad_response(
+    in_flight: &mut InFlight,
+    bad: BadResponse,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let err = ProxyError::Upstream {
+        backend: in_flight.backend().address.clone(),
+        color: in_flight.color(),
+        cause: bad.to_string(),
+    };
+    failed(in_flight, ErrorKind::Protocol, err, peer)
+}
+
+/// The client's body broke while it was being sent on: its fault, so a 400 that counts
+/// against no backend, and the connection closes after it.
+fn client_failed(
+    in_flight: &mut InFlight,
+    err: ProxyError,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    tracing::debug!(peer = %peer, error = %err, "request body refused");
+    in_flight.tracker().telemetry().refused(Reject::Body);
+    in_flight.status = err.status().as_u16();
+    refused_response(Reject::Body)
+}
+
+/// The rulebook's answer to a refused request; the connection closes after it (the
+/// rest of what the client sent is never read as a request).
+fn refused_response(reject: Reject) -> Response<ProxyBody> {
+    let mut resp = local_response(reject.status(), reject.client_message());
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// Books an upstream failure on the request (the backend's run of failures for passive
@@ -346,23 +536,6 @@ pub(crate) fn book_failure(
         .upstream_error(in_flight.color(), kind);
     in_flight.status = err.status().as_u16();
     tracing::warn!(peer = %peer, error = %err, "proxy error");
-}
-
-/// The `Upgrade` value of an HTTP/1.1 request that asks to upgrade (RFC 9110 §7.8:
-/// `Upgrade` plus the `upgrade` option in `Connection`).
-fn upgrade_request<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
-        return None;
-    }
-    let upgrade = req.headers().get(header::UPGRADE)?;
-    let asks = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| upgrade.clone())
 }
 
 /// Joins the client's and the backend's upgraded connections into a byte tunnel that
@@ -396,54 +569,6 @@ fn spawn_tunnel(
         }
         drop(tunnel);
     });
-}
-
-/// Rewrites a client request for the chosen backend: hop-by-hop headers out,
-/// X-Forwarded-* and Via in, HTTP/1.1 to the backend with the client's Host kept (the
-/// backend's address when the client sent none), and the target in origin-form
-/// (RFC 9112 §3.2.1), which is what a server that is not a proxy expects.
-fn prepare_request(
-    req: &mut Request<Incoming>,
-    forwarded_for: &HeaderValue,
-    in_flight: &InFlight,
-    upgrade: Option<HeaderValue>,
-) {
-    // HTTP/2 (and absolute-form HTTP/1) carry the host in the URI; HTTP/1 in Host.
-    let host = req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    let headers = req.headers_mut();
-    headers::strip_hop_by_hop(headers);
-    headers::add_forwarded(headers, forwarded_for, "http", host.clone());
-    match host {
-        Some(host) => {
-            headers.insert(header::HOST, host);
-        }
-        None => {
-            // RFC 9112 §3.2: an HTTP/1.1 request must carry Host (HTTP/1.0 clients may
-            // not send one).
-            if let Ok(host) = HeaderValue::from_str(in_flight.backend().authority.as_str()) {
-                headers.insert(header::HOST, host);
-            }
-        }
-    }
-    if let Some(protocol) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol);
-    }
-    *req.version_mut() = Version::HTTP_11;
-
-    // Origin-form already (the usual HTTP/1.1 request): sent as it came.
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        let origin = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(origin);
-    }
 }
 
 /// "a: b: c" from an error and its sources, for the log.

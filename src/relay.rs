@@ -32,11 +32,13 @@ use crate::chunked::Chunked;
 use crate::deadline::Deadline;
 use crate::drain::InFlight;
 use crate::error::ProxyError;
-use crate::h1::{self, BadResponse, Framing, Parsed};
+use crate::h1::{self, Parsed};
 use crate::listener::Watch;
 use crate::metrics::ErrorKind;
 use crate::proxy::{Peer, Proxy, book_failure};
 use crate::rewind::Rewind;
+use crate::rules::response::{BadResponse, Framing};
+use crate::rules::retry;
 use crate::upstream::UpstreamError;
 
 /// Serves one client connection until it closes, times out, or shutdown is signalled
@@ -117,8 +119,9 @@ struct Conn {
 /// A routed request, its bytes in `Conn::out`, waiting for its backend.
 struct Exchange {
     in_flight: InFlight,
-    /// May be sent again on a fresh connection (RFC 9112 §9.3.1.1).
-    idempotent: bool,
+    /// May be sent again on a fresh connection if a reused one fails before any answer
+    /// (RFC 9112 §9.3.1.1).
+    retry: bool,
     /// A HEAD request: no response body whatever the fields say.
     head: bool,
     /// The client asked to close after this response.
@@ -196,13 +199,22 @@ fn buffered_request(c: &mut Conn, proxy: &Proxy) -> Buffered {
         return Buffered::Partial;
     }
     let mut storage = h1::fields();
-    let req = match h1::parse_request(&c.buf, &mut storage) {
+    let req = match h1::parse_request(&c.buf, &mut storage, &proxy.policy) {
         Parsed::Complete(req) => req,
         Parsed::Partial => return Buffered::Partial,
         Parsed::Decline(why) => return Buffered::Decline(why),
+        Parsed::Reject(reject) => {
+            // The rest of what the client sent is never read as a request: the
+            // connection closes after the answer.
+            tracing::debug!(peer = %c.peer.addr, error = %reject, "request refused");
+            proxy.tracker.telemetry().refused(reject);
+            c.out.clear();
+            h1::write_local(reject.status(), reject.client_message(), true, &mut c.out);
+            return Buffered::Answered { close: true };
+        }
     };
     // A body of at most MAX_BUFFERED_BODY bytes: fits in usize.
-    let total = req.head_len + req.body_len as usize;
+    let total = req.head_len + req.body_len() as usize;
     if c.buf.len() < total {
         return Buffered::Head;
     }
@@ -247,17 +259,18 @@ fn begin(
     let in_flight = match started {
         Ok(in_flight) => in_flight,
         Err(err) => {
-            h1::write_local(err.status(), err.client_message(), req.close, out);
-            return Err(req.close);
+            h1::write_local(err.status(), err.client_message(), req.plan.close, out);
+            return Err(req.plan.close);
         }
     };
-    req.write_forwarded(peer.forwarded_for.as_bytes(), out);
+    req.write_forwarded(peer.client(), out);
     out.extend_from_slice(&bytes[req.head_len..]);
     Ok(Exchange {
         in_flight,
-        idempotent: h1::idempotent(req.method),
+        // The body is buffered: a retry can send all of it again.
+        retry: retry::may_retry(req.method, true, false, true),
         head: req.method == "HEAD",
-        close: req.close,
+        close: req.plan.close,
     })
 }
 
@@ -301,9 +314,9 @@ async fn exchange(c: &mut Conn, proxy: &Proxy, mut ex: Exchange, deadline: &mut 
             },
         };
         c.up.clear();
-        match response_head(c, &mut upstream, &ex, color, deadline).await {
+        match response_head(c, proxy, &mut upstream, &ex, color, deadline).await {
             Ok(head) => break (upstream, head),
-            Err(Failure::Unanswered(_)) if reused && ex.idempotent => continue,
+            Err(Failure::Unanswered(_)) if reused && ex.retry => continue,
             Err(Failure::Unanswered(e)) => return failed(c, proxy, ex, Failure::Io(e)).await,
             Err(failure) => return failed(c, proxy, ex, failure).await,
         }
@@ -331,6 +344,7 @@ async fn exchange(c: &mut Conn, proxy: &Proxy, mut ex: Exchange, deadline: &mut 
 /// not reused.
 async fn response_head(
     c: &mut Conn,
+    proxy: &Proxy,
     upstream: &mut TcpStream,
     ex: &Exchange,
     color: Option<&str>,
@@ -342,43 +356,40 @@ async fn response_head(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(Failure::Unanswered(e)),
     };
-    let mut answered = false;
-    let mut cut_short = false;
+    // An interim answer came: the request is no longer unanswered (not retried).
+    let mut heard = false;
     let (mut from, mut to) = upstream.split();
     loop {
         if !c.up.is_empty() {
             let mut storage = h1::fields();
-            if let Some(resp) =
-                h1::parse_response(&c.up, &mut storage, ex.head).map_err(Failure::Bad)?
-            {
-                if !answered {
-                    // The rest of the request is not sent after an early answer.
-                    cut_short = written < c.out.len();
-                    c.out.clear();
-                    written = 0;
-                    answered = true;
+            let parsed = h1::parse_response(&c.up, &mut storage, ex.head, &proxy.policy.limits);
+            if let Some(resp) = parsed.map_err(Failure::Bad)? {
+                let head_len = resp.head_len;
+                if resp.plan.interim {
+                    // 1xx (RFC 9110 §15.2): dropped on every path (hyper's server cannot
+                    // send one); the request goes on being sent, the final answer follows.
+                    c.up.advance(head_len);
+                    heard = true;
+                    continue;
                 }
+                // The rest of the request is not sent after an early answer.
+                let cut_short = written < c.out.len();
+                c.out.clear();
                 let head = Head {
                     code: resp.code,
-                    framing: resp.framing,
-                    keep_alive: resp.keep_alive && !cut_short,
+                    framing: resp.plan.framing,
+                    keep_alive: resp.plan.keep_alive && !cut_short,
                 };
-                // Only the final response says whether the connection closes.
-                let close = head.code >= 200 && (ex.close || head.framing == Framing::Close);
+                let close = ex.close || head.framing == Framing::Close;
                 resp.write_forwarded(color, close, &mut c.out);
-                let head_len = resp.head_len;
                 c.up.advance(head_len);
-                if head.code >= 200 {
-                    return Ok(head);
-                }
-                // 1xx (RFC 9110 §15.2): passed on ahead of the final response.
-                continue;
+                return Ok(head);
             }
         }
         if c.up.capacity() - c.up.len() < READ_SIZE / 4 {
             c.up.reserve(READ_SIZE);
         }
-        let unsent = if answered { &[][..] } else { &c.out[written..] };
+        let unsent = &c.out[written..];
         tokio::select! {
             biased;
             sent = to.write(unsent), if !unsent.is_empty() => match sent {
@@ -388,18 +399,20 @@ async fn response_head(
                 Err(e) => return Err(Failure::Io(e)),
             },
             read = from.read_buf(&mut c.up) => match read {
-                Ok(0) if c.up.is_empty() && !answered => {
+                Ok(0) if c.up.is_empty() && !heard => {
                     return Err(Failure::Unanswered(io::ErrorKind::UnexpectedEof.into()));
                 }
                 Ok(0) => return Err(Failure::Io(io::ErrorKind::UnexpectedEof.into())),
-                Err(e) if c.up.is_empty() && !answered => return Err(Failure::Unanswered(e)),
+                Err(e) if c.up.is_empty() && !heard => {
+                    return Err(Failure::Unanswered(e));
+                }
                 Err(e) => return Err(Failure::Io(e)),
                 Ok(_) => {}
             },
             () = deadline.reached() => return Err(Failure::Timeout),
             // A client that leaves stops the wait; a pipelining one has its next request
             // kept (up to a head's worth).
-            read = c.client.read_buf(&mut c.buf), if c.buf.len() < h1::MAX_HEAD => match read {
+            read = c.client.read_buf(&mut c.buf), if c.buf.len() < proxy.policy.limits.max_request_head => match read {
                 Ok(0) | Err(_) => return Err(Failure::ClientGone),
                 Ok(_) => {}
             },

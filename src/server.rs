@@ -98,6 +98,7 @@ impl Server {
             Arc::clone(&tracker),
             &config.upstream,
             config.color_header,
+            config.policy.clone(),
         ));
         let switchboard = Arc::new(Switchboard::new(
             snapshot,
@@ -126,7 +127,10 @@ impl Server {
             admin_path: config.admin.socket.clone(),
             proxy,
             admin,
-            builder: Arc::new(listener::connection_builder(&config.listen)),
+            builder: Arc::new(listener::connection_builder(
+                &config.listen,
+                &config.policy.limits,
+            )),
             header_timeout: config.listen.header_timeout,
             grace: config.shutdown_grace,
             tracker,

@@ -45,6 +45,12 @@ impl<B> Routable for http::Request<B> {
     }
 }
 
+impl Routable for http::request::Parts {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.get(name).map(http::HeaderValue::as_bytes)
+    }
+}
+
 impl Routable for crate::h1::Request<'_, '_> {
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers

@@ -30,11 +30,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::UpstreamConfig;
+use crate::headers::ClientBody;
 use crate::pool::Backend;
 use crate::snapshot::{Color, Snapshot};
 
 /// The sending half of one connection to a backend; its connection task owns the socket.
-pub type Sender = http1::SendRequest<Incoming>;
+pub type Sender = http1::SendRequest<ClientBody>;
 
 /// Sweeps per `idle_timeout`: an idle connection is closed after between 1 and 1.25
 /// idle timeouts.
@@ -120,6 +121,21 @@ fn retain<C>(queue: &SegQueue<Idle<C>>, keep: impl Fn(&Idle<C>) -> bool) {
     }
 }
 
+/// The same request again, without a body (only requests without one are retried).
+fn copy_empty(req: &Request<ClientBody>) -> Request<ClientBody> {
+    let mut copy = Request::new(ClientBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// The connection closed before any of the answer came.
+fn unanswered(e: &hyper::Error) -> bool {
+    e.is_canceled() || e.is_closed() || e.is_incomplete_message()
+}
+
 /// Whether an idle socket is still open with nothing unread. Costs no system call
 /// unless the socket has become readable since it was last read, which for an idle
 /// connection means the backend closed it (or sent something it should not have).
@@ -151,12 +167,16 @@ impl Upstreams {
 
     /// Sends `req` to `backend` on an idle connection, or on a new one when none is
     /// left. A request an idle connection could not take (the backend closed it just
-    /// before) was never written, so it goes to the next one. Returns the response and
-    /// the connection, for [`put_back`](Self::put_back) once the body has been read.
+    /// before) was never written, so it goes to the next one. One that was written on a
+    /// reused connection that then closed with no answer is sent once more on a new
+    /// connection when `retry` says it may be (the rulebook's [`retry`]
+    /// (crate::rules::retry)). Returns the response and the connection, for
+    /// [`put_back`](Self::put_back) once the body has been read.
     pub async fn send(
         &self,
         backend: &Backend,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
+        retry: bool,
     ) -> Result<(Response<Incoming>, Sender), UpstreamError> {
         while let Some(Idle {
             conn: mut sender, ..
@@ -165,11 +185,16 @@ impl Upstreams {
             if sender.is_closed() || (!sender.is_ready() && sender.ready().await.is_err()) {
                 continue;
             }
+            let again = retry.then(|| copy_empty(&req));
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::Http(e.into_error())),
+                Err(mut e) => match (e.take_message(), again) {
+                    (Some(unsent), _) => req = unsent,
+                    (None, Some(again)) if unanswered(e.error()) => {
+                        req = again;
+                        break;
+                    }
+                    (None, _) => return Err(UpstreamError::Http(e.into_error())),
                 },
             }
         }

@@ -153,28 +153,36 @@ async fn hop_by_hop_headers_never_reach_the_backend_or_the_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn x_forwarded_for_ends_with_the_real_peer() {
-    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
-    let mut conn = Conn::open(proxy.addr).await;
-
-    let req = Request::get("/headers")
-        .header("host", "shop.example:8443")
-        .header("x-forwarded-for", "203.0.113.9")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let seen: serde_json::Value =
-        serde_json::from_slice(&conn.send(req).await.expect("GET").body).expect("json");
-    assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
-    assert_eq!(seen["x-forwarded-proto"], "http");
-    assert_eq!(seen["x-forwarded-host"], "shop.example:8443");
-    assert_eq!(
-        seen["host"], "shop.example:8443",
-        "the client's Host is passed through"
-    );
-
-    let seen: serde_json::Value =
-        serde_json::from_slice(&conn.get("/headers").await.body).expect("json");
-    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+async fn x_forwarded_for_is_replaced_for_an_untrusted_peer_and_extended_for_a_trusted_one() {
+    let backends = [backend("blue").await, backend("green").await];
+    for (trusted, expected) in [
+        ("", "127.0.0.1"),
+        ("[forwarded]\ntrusted = [\"10.0.0.0/8\"]", "127.0.0.1"),
+        (
+            "[forwarded]\ntrusted = [\"127.0.0.0/8\"]",
+            "203.0.113.9, 198.51.100.2, 127.0.0.1",
+        ),
+    ] {
+        let proxy = Proxy::start(&backends[..1], &backends[1..], trusted).await;
+        let mut conn = Conn::open(proxy.addr).await;
+        let req = Request::get("/headers")
+            .header("host", "shop.example:8443")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-for", "198.51.100.2")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let seen: serde_json::Value =
+            serde_json::from_slice(&conn.send(req).await.expect("GET").body).expect("json");
+        assert_eq!(seen["x-forwarded-for"], expected, "with {trusted:?}");
+        assert_eq!(seen["x-forwarded-proto"], "http");
+        assert_eq!(seen["x-forwarded-host"], "shop.example:8443");
+        assert_eq!(
+            seen["host"], "shop.example:8443",
+            "the client's Host is passed through"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
