@@ -18,9 +18,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
+use crate::color::Color;
 use crate::drain::Tracker;
 use crate::error::{AdminError, SwitchError};
-use crate::snapshot::{Color, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::stats::Window;
 use crate::switchboard::{Caller, StateReport, SwitchRequest, Switchboard};
 
@@ -283,7 +284,10 @@ impl Admin {
 
     fn metrics(&self) -> Response<Full<Bytes>> {
         let snap = self.switchboard.snapshot();
-        let text = self.tracker.telemetry().render(&snap, &self.tracker);
+        let text = self
+            .tracker
+            .telemetry()
+            .render(&snap, self.tracker.counts());
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::color::Color;
 use crate::rules::forwarded::Cidr;
 use crate::rules::{Limits, Policy, Underscores};
-use crate::snapshot::Color;
 
 /// A validated configuration; every field has been checked.
 #[derive(Debug, Clone)]

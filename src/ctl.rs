@@ -11,8 +11,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
 use crate::admin::{PoolStatus, Status};
+use crate::color::Color;
 use crate::health::GateReport;
-use crate::snapshot::Color;
 
 /// Why a `ctl` command failed; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::snapshot::Color;
+use crate::color::Color;
 
 /// Starts a demo backend for `color` on an ephemeral loopback port; it runs until the
 /// runtime stops.

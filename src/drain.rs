@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{ErrorKind, Telemetry};
+use crate::color::Color;
+use crate::metrics::{ColorCounts, ErrorKind, Telemetry};
 use crate::pool::{Backend, BackendGuard};
-use crate::snapshot::Color;
 use crate::upstream::Upstreams;
 
 /// How often a drain task looks at the counts.
@@ -161,6 +161,15 @@ impl Tracker {
             draining_since: d.since,
             deadline: d.deadline.map(|(_, wall)| wall),
         }
+    }
+
+    /// Both colours' counts, for `/metrics`.
+    pub fn counts(&self) -> [ColorCounts; 2] {
+        Color::ALL.map(|color| ColorCounts {
+            in_flight: self.in_flight(color),
+            tunnels: self.tunnels(color),
+            closed_by_drain: self.closed_by_drain[color.index()].load(Ordering::Relaxed),
+        })
     }
 
     pub fn is_draining(&self, color: Color) -> bool {

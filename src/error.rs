@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::color::Color;
 use crate::rules::blame::Fault;
-use crate::snapshot::Color;
 
 /// Why a proxied request got no upstream response.
 #[derive(Debug, thiserror::Error)]

@@ -130,7 +130,7 @@ pub fn parse_request<'h, 'b>(
     };
     let decline = if version != 1 {
         Some(Decline::NotHttp11)
-    } else if !target.starts_with('/') {
+    } else if !target.starts_with('/') || plan.fragment {
         Some(Decline::NotOriginForm)
     } else if plan.upgrade {
         Some(Decline::Upgrade)

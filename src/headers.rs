@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 
 use crate::rules::forwarded::{self, Client, Sink};
 use crate::rules::request::Plan;
-use crate::upstream::UpstreamError;
 
 /// The `Via` value this proxy adds (RFC 9110 §7.6.3: a proxy MUST send Via).
 pub static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 cutover");
@@ -187,19 +186,4 @@ impl Body for ClientBody {
             ClientBody::Empty => SizeHint::with_exact(0),
         }
     }
-}
-
-/// Whether an upstream failure was the client's body failing.
-pub fn client_body_failed(e: &UpstreamError) -> bool {
-    let UpstreamError::Http(e) = e else {
-        return false;
-    };
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<ClientBodyError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }

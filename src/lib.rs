@@ -32,7 +32,9 @@
 pub mod access_log;
 pub mod admin;
 pub mod chunked;
+pub mod color;
 pub mod config;
+pub mod connections;
 pub mod ctl;
 pub mod deadline;
 pub mod demo;
@@ -41,6 +43,7 @@ pub mod error;
 pub mod h1;
 pub mod headers;
 pub mod health;
+pub mod idle;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

@@ -15,51 +15,14 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::ListenConfig;
+use crate::connections::{Connections, Watch};
 use crate::proxy::{Peer, Proxy};
 use crate::relay;
 use crate::rules::Limits;
-
-/// The open client connections: each holds a [`Watch`], so the count is theirs, and
-/// cancelling the token asks them all to finish.
-pub struct Connections {
-    tx: watch::Sender<()>,
-    stop: CancellationToken,
-}
-
-/// What one connection holds: it is counted while this lives and told when to finish.
-pub struct Watch {
-    _counted: watch::Receiver<()>,
-    stop: CancellationToken,
-}
-
-impl Connections {
-    pub fn count(&self) -> usize {
-        self.tx.receiver_count()
-    }
-
-    /// Asks every connection to finish after its current response; resolves once all
-    /// have closed.
-    pub async fn shutdown(self) {
-        self.stop.cancel();
-        self.tx.closed().await;
-    }
-}
-
-impl Watch {
-    pub fn is_stopping(&self) -> bool {
-        self.stop.is_cancelled()
-    }
-
-    /// Resolves when shutdown begins. Made once per connection and polled in place:
-    /// it registers as a waiter once, not once per request.
-    pub fn stopping(&self) -> WaitForCancellationFutureOwned {
-        self.stop.clone().cancelled_owned()
-    }
-}
 
 /// Builds the connection builder once; cloned into nothing, shared by reference.
 /// Hyper's own head limits are set at or above the rulebook's, which judges every head
@@ -118,15 +81,12 @@ pub async fn serve(
             Arc::clone(&proxy),
             Arc::clone(&builder),
             header_timeout,
-            Watch {
-                _counted: tx.subscribe(),
-                stop: stop.clone(),
-            },
+            Watch::new(tx.subscribe(), stop.clone()),
         );
         tokio::spawn(conn.instrument(tracing::debug_span!("conn", peer = %peer)));
     }
     drop(listener);
-    Connections { tx, stop }
+    Connections::new(tx, stop)
 }
 
 /// Logs an accept error and waits when retrying at once would spin: out of file

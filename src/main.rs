@@ -8,10 +8,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use http::Method;
 
+use cutover::color::Color;
 use cutover::config::Config;
 use cutover::ctl;
 use cutover::server::Server;
-use cutover::snapshot::Color;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -21,9 +21,9 @@ use ::metrics::{Counter, Gauge, Key, KeyName, Label, Metadata, Recorder, SharedS
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::access_log::AccessLog;
-use crate::drain::Tracker;
+use crate::color::Color;
 use crate::rules::request::{REASONS, Reject};
-use crate::snapshot::{Color, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::stats::Stats;
 
 /// Upper bounds of the request duration buckets, in µs: 1 ms to 10 s (then +Inf).
@@ -56,6 +56,15 @@ pub enum ErrorKind {
 
 const KINDS: [&str; 4] = ["connect", "timeout", "reset", "protocol"];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// What `/metrics` shows of one colour's in-flight work, read when it is scraped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ColorCounts {
+    pub in_flight: usize,
+    pub tunnels: usize,
+    /// Tunnels closed because a drain deadline passed.
+    pub closed_by_drain: u64,
+}
 
 /// Everything the data path records into, and what `/metrics` renders.
 pub struct Telemetry {
@@ -178,13 +187,15 @@ impl Telemetry {
     }
 
     /// The Prometheus text, with state gauges read now.
-    pub fn render(&self, snapshot: &Snapshot, tracker: &Tracker) -> String {
+    /// The Prometheus text: the recorded series, and gauges read now from `snapshot`
+    /// and each colour's `counts`.
+    pub fn render(&self, snapshot: &Snapshot, counts: [ColorCounts; 2]) -> String {
         let gauge = |name, labels: &[(&'static str, &'static str)]| -> Gauge {
             self.recorder.register_gauge(&key(name, labels), &META)
         };
         for color in Color::ALL {
             let c = &[("color", color.as_str())];
-            let view = tracker.view(color);
+            let view = counts[color.index()];
             gauge("cutover_in_flight_requests", c).set(view.in_flight as f64);
             gauge("cutover_open_tunnels", c).set(view.tunnels as f64);
             gauge("cutover_live_color", c).set(f64::from(u8::from(snapshot.live == color)));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use http::uri::Authority;
 
 use crate::config::{EjectionConfig, PoolConfig};
-use crate::upstream::IdleConns;
+use crate::idle::IdleConns;
 
 /// One upstream server.
 #[derive(Debug)]

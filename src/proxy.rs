@@ -21,17 +21,19 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::color::Color;
 use crate::config::UpstreamConfig;
 use crate::drain::{AccessEntry, InFlight, Tracker};
 use crate::error::ProxyError;
 use crate::headers::{self, ClientBody};
+use crate::idle::Sender;
 use crate::metrics::ErrorKind;
 use crate::rules::forwarded::{self, Client};
 use crate::rules::request::{self, Reject, Version as RuleVersion};
 use crate::rules::response::{self, BadResponse};
 use crate::rules::{Limits, Policy, retry};
-use crate::snapshot::{Color, Routable, Snapshot};
-use crate::upstream::{Sender, UpstreamError};
+use crate::snapshot::{Routable, Snapshot};
+use crate::upstream::UpstreamError;
 
 /// Everything `forward` needs, shared by all connections.
 pub struct Proxy {
@@ -406,7 +408,7 @@ impl Sent {
             }
             Ok(Err(e)) => {
                 let (backend, cause) = (in_flight.backend().address.clone(), error_chain(&e));
-                let (err, kind) = if headers::client_body_failed(&e) {
+                let (err, kind) = if client_body_failed(&e) {
                     let err = ProxyError::ClientBody {
                         backend,
                         color,
@@ -670,4 +672,19 @@ impl Drop for ProxyBody {
             guard.tracker().upstreams().put_back(guard.backend(), conn);
         }
     }
+}
+
+/// Whether an upstream failure was the client's body failing.
+pub fn client_body_failed(e: &UpstreamError) -> bool {
+    let UpstreamError::Http(e) = e else {
+        return false;
+    };
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<headers::ClientBodyError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }

@@ -29,11 +29,11 @@ use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::chunked::Chunked;
+use crate::connections::Watch;
 use crate::deadline::Deadline;
 use crate::drain::InFlight;
 use crate::error::ProxyError;
 use crate::h1::{self, Parsed};
-use crate::listener::Watch;
 use crate::metrics::ErrorKind;
 use crate::proxy::{Peer, Proxy, book_failure};
 use crate::rewind::Rewind;

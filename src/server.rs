@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::access_log::AccessLog;
 use crate::admin::{self, Admin};
+use crate::color::Color;
 use crate::config::Config;
 use crate::drain::Tracker;
 use crate::health;
@@ -21,7 +22,7 @@ use crate::listener;
 use crate::metrics::Telemetry;
 use crate::pool::Pool;
 use crate::proxy::Proxy;
-use crate::snapshot::{Color, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::switchboard::{self, StateReport, Switchboard};
 use crate::upstream::Upstreams;
 

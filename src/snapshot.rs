@@ -2,21 +2,10 @@
 //! rollback builds a new snapshot and swaps the pointer; a request loads it once and
 //! routes by what it loaded, so it never sees half of a change.
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::color::Color;
 use crate::pool::Pool;
-
-/// One of the two environments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Color {
-    Blue,
-    Green,
-}
 
 /// The immutable routing state; replaced whole, never mutated.
 #[derive(Debug)]
@@ -57,49 +46,6 @@ impl Routable for crate::h1::Request<'_, '_> {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
-    }
-}
-
-// === impl Color ===
-
-impl Color {
-    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
-
-    pub const fn index(self) -> usize {
-        match self {
-            Color::Blue => 0,
-            Color::Green => 1,
-        }
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Color::Blue => "blue",
-            Color::Green => "green",
-        }
-    }
-}
-
-impl fmt::Display for Color {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The text was neither `blue` nor `green`.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown colour {0:?}; use \"blue\" or \"green\"")]
-pub struct UnknownColor(pub String);
-
-impl FromStr for Color {
-    type Err = UnknownColor;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "blue" => Ok(Color::Blue),
-            "green" => Ok(Color::Green),
-            other => Err(UnknownColor(other.to_owned())),
-        }
     }
 }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::color::Color;
 use crate::pool::epoch_ms;
-use crate::snapshot::Color;
 
 const SLOTS: usize = 60;
 /// Shards per slot: ~10.7 KB each, so 60 slots x 2 shards x 2 colours is ~2.6 MB.

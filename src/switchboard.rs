@@ -11,10 +11,11 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::color::Color;
 use crate::drain::Tracker;
 use crate::error::SwitchError;
 use crate::health::{self, GateReport};
-use crate::snapshot::{Color, Snapshot};
+use crate::snapshot::Snapshot;
 
 /// The part of the routing state that survives a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,43 +18,25 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use crossbeam_queue::SegQueue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::color::Color;
 use crate::config::UpstreamConfig;
 use crate::headers::ClientBody;
+use crate::idle::{Idle, Sender, open};
 use crate::pool::Backend;
-use crate::snapshot::{Color, Snapshot};
-
-/// The sending half of one connection to a backend; its connection task owns the socket.
-pub type Sender = http1::SendRequest<ClientBody>;
+use crate::snapshot::Snapshot;
 
 /// Sweeps per `idle_timeout`: an idle connection is closed after between 1 and 1.25
 /// idle timeouts.
 const SWEEPS_PER_TIMEOUT: u64 = 4;
-
-/// One backend's idle connections, oldest first: hyper's (for requests hyper serves)
-/// and plain sockets (for the [`relay`](crate::relay)).
-#[derive(Debug, Default)]
-pub struct IdleConns {
-    queue: SegQueue<Idle<Sender>>,
-    raw: SegQueue<Idle<TcpStream>>,
-}
-
-#[derive(Debug)]
-struct Idle<C> {
-    conn: C,
-    /// The sweep count when it went idle.
-    sweep: u64,
-}
 
 /// Opens, hands out and takes back the connections to every backend.
 pub struct Upstreams {
@@ -78,49 +60,6 @@ pub enum UpstreamError {
     Http(hyper::Error),
 }
 
-// === impl IdleConns ===
-
-impl IdleConns {
-    pub fn len(&self) -> usize {
-        self.queue.len() + self.raw.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty() && self.raw.is_empty()
-    }
-
-    /// Closes every idle connection; returns how many.
-    fn clear(&self) -> usize {
-        let mut closed = 0;
-        while self.queue.pop().is_some() {
-            closed += 1;
-        }
-        while self.raw.pop().is_some() {
-            closed += 1;
-        }
-        closed
-    }
-
-    /// Closes the connections idle since before sweep `oldest` and those the backend
-    /// closed; keeps the rest in order.
-    fn retain_since(&self, oldest: u64) {
-        retain(&self.queue, |idle| {
-            idle.sweep >= oldest && !idle.conn.is_closed()
-        });
-        retain(&self.raw, |idle| idle.sweep >= oldest && open(&idle.conn));
-    }
-}
-
-/// Keeps the queue's entries that `keep` approves of, in order.
-fn retain<C>(queue: &SegQueue<Idle<C>>, keep: impl Fn(&Idle<C>) -> bool) {
-    for _ in 0..queue.len() {
-        let Some(idle) = queue.pop() else { break };
-        if keep(&idle) {
-            queue.push(idle);
-        }
-    }
-}
-
 /// The same request again, without a body (only requests without one are retried).
 fn copy_empty(req: &Request<ClientBody>) -> Request<ClientBody> {
     let mut copy = Request::new(ClientBody::Empty);
@@ -134,20 +73,6 @@ fn copy_empty(req: &Request<ClientBody>) -> Request<ClientBody> {
 /// The connection closed before any of the answer came.
 fn unanswered(e: &hyper::Error) -> bool {
     e.is_canceled() || e.is_closed() || e.is_incomplete_message()
-}
-
-/// Whether an idle socket is still open with nothing unread. Costs no system call
-/// unless the socket has become readable since it was last read, which for an idle
-/// connection means the backend closed it (or sent something it should not have).
-fn open(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
-    }
 }
 
 // === impl Upstreams ===

@@ -58,6 +58,8 @@ pub struct Plan<'a> {
     pub slash: bool,
     /// The target was absolute-form (the relay leaves those to hyper).
     pub absolute: bool,
+    /// A `#fragment` was cut off the target (the relay leaves those to hyper).
+    pub fragment: bool,
     pub body: Body,
     /// Several equal Content-Length fields: all are left out and one is written.
     pub merge_length: bool,
@@ -185,6 +187,7 @@ pub fn check<'a>(head: &Head<'a>, policy: &Policy) -> Result<Plan<'a>, Reject> {
         path: target.path,
         slash: target.slash,
         absolute: target.authority.is_some() && head.version != Version::H2,
+        fragment: head.target.contains(&b'#'),
         body: Body::None,
         merge_length: false,
         close: false,
@@ -319,20 +322,15 @@ struct Target<'a> {
 }
 
 /// RFC 9112 §3.2: origin-form, absolute-form, or `*` for OPTIONS. Visible ASCII only
-/// (§3.2 allows no white space or octets above 0x7E), and no fragment (§3.2: the target
-/// has none; a client sends it to nobody).
+/// (§3.2 allows no white space or octets above 0x7E). A fragment has no place in a
+/// target (RFC 9110 §4.2.5: it is the client's own); it is cut off before forwarding,
+/// as hyper's URI parser does on its path.
 fn target<'a>(head: &Head<'a>) -> Result<Target<'a>, Reject> {
     let t = head.target;
-    if let Some(&b) = t
-        .iter()
-        .find(|&&b| !(0x21..=0x7e).contains(&b) || b == b'#')
-    {
-        return Err(Reject::Target(if b == b'#' {
-            "a fragment is not sent to a server"
-        } else {
-            "bytes outside visible ASCII"
-        }));
+    if t.iter().any(|b| !(0x21..=0x7e).contains(b)) {
+        return Err(Reject::Target("bytes outside visible ASCII"));
     }
+    let t = t.split(|&b| b == b'#').next().unwrap_or(t);
     if head.version == Version::H2 {
         let authority = head.authority.filter(|a| !a.is_empty());
         if let Some(a) = authority {
