@@ -1,0 +1,245 @@
+//! Configuration: TOML → `Raw*` structs (serde, unknown keys rejected) → validate →
+//! [`Config`]. Nothing is half-applied: a file either yields a whole `Config` or a
+//! [`ConfigError`] that names every key that is wrong and how to fix it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::color::Color;
+use crate::rules::Policy;
+
+mod raw;
+mod validate;
+
+/// A validated configuration; every field has been checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub admin: AdminConfig,
+    /// Where the live colour and generation are persisted; `None` keeps them in memory only.
+    pub state_file: Option<PathBuf>,
+    /// Backends of each colour, indexed by [`Color::index`].
+    pub pools: [PoolConfig; 2],
+    /// The colour that is live on the very first start (afterwards the state file wins).
+    pub initial_live: Color,
+    pub upstream: UpstreamConfig,
+    /// How long in-flight requests may run after SIGTERM before the process exits anyway.
+    pub shutdown_grace: Duration,
+    /// Worker threads of the async runtime; 1 runs everything on one thread.
+    pub workers: usize,
+    /// After a switch, how long the old colour's upgraded tunnels may stay open.
+    pub drain_timeout: Duration,
+    pub metrics: MetricsConfig,
+    /// Where the access log goes (`-` = stdout); `None` = no access log.
+    pub access_log: Option<PathBuf>,
+    /// Add `x-cutover-color` to responses, naming the colour that served them.
+    pub color_header: bool,
+    /// The rulebook's settings: `[limits]` on heads, `[http]`, `[forwarded]`.
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Per-request recording (counters, histograms, windowed stats).
+    pub enabled: bool,
+    /// Also serve `GET /metrics` on this TCP address, for a Prometheus scrape.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    /// Time a client has to send a whole request head (slowloris guard).
+    pub header_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub socket: PathBuf,
+    /// File mode of the socket; 0600 by default so only the owner can switch traffic.
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PoolConfig {
+    /// `host:port` of each backend, in config order, without duplicates.
+    pub backends: Vec<String>,
+    /// Healthy, warm backends a switch to this pool needs; `None` = all of them.
+    pub min_healthy: Option<usize>,
+    /// How long a backend must have been healthy before it counts for the gate.
+    pub warmup: Duration,
+    /// Active checks; `None` = no probing (backends count as healthy unless ejected).
+    pub health: Option<HealthConfig>,
+    pub ejection: EjectionConfig,
+}
+
+/// Active HTTP health checks of a pool's backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Path probed with GET, e.g. `/healthz`.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Inclusive range of statuses that count as healthy.
+    pub expect_status: (u16, u16),
+    /// Consecutive successes that bring a backend up.
+    pub rise: u32,
+    /// Consecutive failures that take it down.
+    pub fall: u32,
+}
+
+/// Passive ejection: a backend answering with errors is taken out for a cool-off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EjectionConfig {
+    /// Consecutive connect failures or 5xx that eject; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    /// Cool-off of the first ejection; the n-th lasts n times as long (capped at 10x).
+    pub base_time: Duration,
+    /// At most this share of the pool is ejected at once, so a pool is never emptied.
+    pub max_percent: u32,
+}
+
+impl Default for EjectionConfig {
+    fn default() -> Self {
+        EjectionConfig {
+            consecutive_failures: 5,
+            base_time: Duration::from_secs(10),
+            max_percent: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    /// Time a backend has to send response headers before the client gets 504.
+    pub response_timeout: Duration,
+    /// Idle pooled connections to a backend are closed after this long.
+    pub idle_timeout: Duration,
+    pub max_idle_per_backend: usize,
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid TOML for cutover: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path} is invalid:\n{}", Problems(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One invalid key and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key, e.g. `pools.green.backends[1]`.
+    pub key: String,
+    pub message: String,
+}
+
+struct Problems<'a>(&'a [Problem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {}: {}", p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let mut problems = Vec::new();
+        let config = validate::validate(raw, &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            }),
+        }
+    }
+
+    /// The embedded demo: proxy on 127.0.0.1:8080, admin socket `./cutover.sock`, the
+    /// given in-process demo backends, blue live.
+    pub fn demo(blue: SocketAddr, green: SocketAddr) -> Config {
+        Config {
+            listen: ListenConfig {
+                address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                header_timeout: DEFAULT_HEADER_TIMEOUT,
+            },
+            admin: AdminConfig {
+                socket: PathBuf::from("cutover.sock"),
+                mode: DEFAULT_SOCKET_MODE,
+            },
+            state_file: None,
+            pools: [
+                PoolConfig {
+                    backends: vec![blue.to_string()],
+                    ..PoolConfig::default()
+                },
+                PoolConfig {
+                    backends: vec![green.to_string()],
+                    ..PoolConfig::default()
+                },
+            ],
+            initial_live: Color::Blue,
+            upstream: UpstreamConfig::default(),
+            shutdown_grace: DEFAULT_GRACE,
+            workers: validate::default_workers(),
+            drain_timeout: DEFAULT_DRAIN,
+            metrics: MetricsConfig {
+                enabled: true,
+                listen: None,
+            },
+            access_log: None,
+            color_header: true,
+            policy: Policy::default(),
+        }
+    }
+}
+
+pub(super) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_SOCKET_MODE: u32 = 0o600;
+pub(super) const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_backend: 256,
+        }
+    }
+}

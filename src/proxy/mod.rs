@@ -1,0 +1,251 @@
+//! The hyper path (HTTP/2, and HTTP/1.1 the relay hands over): hyper's parsed heads
+//! turned into field lines for the [`rules`](crate::rules), then one request through
+//! the data path: load the snapshot once, route, pick a backend, rewrite the head as
+//! the rulebook says, forward on a kept-alive connection, stream the response back
+//! while an [`InFlight`] guard counts it against its colour.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::config::UpstreamConfig;
+use crate::drain::{AccessEntry, InFlight, Tracker};
+use crate::error::ProxyError;
+use crate::headers::{self, ClientBody};
+use crate::rules::forwarded::{self, Client};
+use crate::rules::request::{self, Version as RuleVersion};
+use crate::rules::{Policy, retry};
+use crate::snapshot::{Routable, Snapshot};
+
+mod body;
+mod forward;
+mod tunnel;
+
+pub use body::{ProxyBody, local_response};
+pub(crate) use forward::book_failure;
+use forward::{NotSent, Sent, refused_response};
+
+/// Everything `forward` needs, shared by all connections.
+pub struct Proxy {
+    /// The routing pointer; loaded once per request.
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Per-colour in-flight and tunnel counters, for draining and status; owns the
+    /// per-colour upstream clients.
+    pub(crate) tracker: Arc<Tracker>,
+    /// Limit on waiting for a backend's response headers (→ 504).
+    pub(crate) response_timeout: Duration,
+    /// Whether responses carry `x-cutover-color`.
+    pub(crate) color_header: bool,
+    /// The rulebook's settings: limits, `_` in names, trusted forwarders.
+    pub(crate) policy: Policy,
+}
+
+/// The client end of a connection, as each request on it needs it.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// `addr`'s IP as an X-Forwarded-For entry, formatted once per connection.
+    pub forwarded_for: HeaderValue,
+    /// `addr` is in `[forwarded] trusted`: its X-Forwarded-For is extended.
+    pub trusted: bool,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, policy: &Policy) -> Peer {
+        Peer {
+            addr,
+            forwarded_for: headers::forwarded_for(addr.ip()),
+            trusted: forwarded::trusted(&policy.trusted, addr.ip()),
+        }
+    }
+
+    /// The client as the rulebook's added fields name it.
+    pub fn client(&self) -> Client<'_> {
+        Client {
+            addr: self.forwarded_for.as_bytes(),
+            trusted: self.trusted,
+            proto: "http",
+        }
+    }
+}
+
+/// Names the colour that served a response, when `routing.color_header` is on.
+pub static X_CUTOVER_COLOR: http::HeaderName = http::HeaderName::from_static("x-cutover-color");
+
+// === impl Proxy ===
+
+impl Proxy {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        tracker: Arc<Tracker>,
+        upstream: &UpstreamConfig,
+        color_header: bool,
+        policy: Policy,
+    ) -> Proxy {
+        Proxy {
+            snapshot,
+            tracker,
+            response_timeout: upstream.response_timeout,
+            color_header,
+            policy,
+        }
+    }
+
+    /// Forwards one request and returns the response to send to the client. Never fails:
+    /// a refused request gets the rulebook's 4xx, upstream errors become 502/503/504
+    /// responses and a log line.
+    ///
+    /// Judging, routing, the backend pick and the request rewrite run before the
+    /// returned future exists, so that future holds only what lives across the wait for
+    /// the backend: it is moved a few times per request by the connection machinery, and
+    /// its size is what each move copies.
+    pub fn forward(
+        &self,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + use<> {
+        let sent = self.send(req, peer);
+        let (timeout, color_header) = (self.response_timeout, self.color_header);
+        let limits = self.policy.limits;
+        async move {
+            Ok(match sent {
+                Ok(sent) => sent.response(timeout, color_header, limits).await,
+                Err(NotSent::Failed(err)) => local_response(err.status(), err.client_message()),
+                Err(NotSent::Refused(reject)) => refused_response(reject),
+            })
+        }
+    }
+
+    /// Judges `req` by the rulebook, routes it, picks a backend, counts the request
+    /// against its colour and rewrites it for the backend; [`Sent::response`] does the
+    /// I/O.
+    fn send(&self, req: Request<Incoming>, client: &Peer) -> Result<Sent, NotSent> {
+        let peer = client.addr;
+        let (mut parts, body) = req.into_parts();
+        let (in_flight, headers, upgrade) = {
+            let fields = headers::field_lines(&parts.headers);
+            let absolute;
+            let target = match (parts.version, parts.uri.scheme()) {
+                (Version::HTTP_2, _) | (_, None) => {
+                    parts.uri.path_and_query().map_or("/", |p| p.as_str())
+                }
+                (_, Some(_)) => {
+                    absolute = parts.uri.to_string();
+                    absolute.as_str()
+                }
+            };
+            let head = request::Head {
+                method: parts.method.as_str(),
+                target: target.as_bytes(),
+                version: match parts.version {
+                    Version::HTTP_2 => RuleVersion::H2,
+                    Version::HTTP_10 | Version::HTTP_09 => RuleVersion::Http10,
+                    _ => RuleVersion::Http11,
+                },
+                authority: (parts.version == Version::HTTP_2)
+                    .then(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
+                    .flatten(),
+                fields: &fields,
+            };
+            let plan = match request::check(&head, &self.policy) {
+                Ok(plan) => plan,
+                Err(reject) => {
+                    tracing::debug!(peer = %peer, error = %reject, "request refused");
+                    self.tracker.telemetry().refused(reject);
+                    return Err(NotSent::Refused(reject));
+                }
+            };
+            let in_flight = self
+                .start(&parts, peer, |parts| {
+                    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                    (parts.method.clone(), target.to_owned())
+                })
+                .map_err(NotSent::Failed)?;
+            let fallback = in_flight.backend().authority.as_str().as_bytes();
+            let headers =
+                headers::forwarded(&parts.headers, &fields, &plan, client.client(), fallback);
+            (in_flight, headers, plan.upgrade)
+        };
+        // RFC 9110 §7.8: Upgrade is hop-by-hop, so it is re-sent to the backend only when
+        // the client asked for it with `Connection: upgrade` (HTTP/1.1 only).
+        let protocol = upgrade.then(|| parts.headers.get(header::UPGRADE).cloned());
+        parts.headers = headers;
+        let mut req = Request::from_parts(parts, body);
+        let upgrade = protocol
+            .flatten()
+            .map(|protocol| (hyper::upgrade::on(&mut req), protocol));
+        let (mut parts, body) = req.into_parts();
+        if let Some((_, protocol)) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
+        parts.version = Version::HTTP_11;
+        // Origin-form to the backend (RFC 9112 §3.2.1), which is what a server that is
+        // not a proxy expects.
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            let origin = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            parts.uri = Uri::from(origin);
+        }
+        let retry = retry::may_retry(
+            parts.method.as_str(),
+            true,
+            false,
+            http_body::Body::is_end_stream(&body),
+        );
+        Ok(Sent {
+            in_flight,
+            req: Request::from_parts(parts, ClientBody::new(body)),
+            retry,
+            upgrade,
+            peer,
+        })
+    }
+
+    /// The data path's first step on both HTTP/1.1 paths: loads the snapshot once, routes
+    /// `req`, picks a backend and starts counting the request against its colour. With
+    /// no healthy backend the request is recorded as a 503 and logged, and the error
+    /// says what to answer. `access` (method, target) is called only when the access log
+    /// is on.
+    pub(crate) fn start<R: Routable>(
+        &self,
+        req: &R,
+        peer: SocketAddr,
+        access: impl FnOnce(&R) -> (http::Method, String),
+    ) -> Result<InFlight, ProxyError> {
+        let mut in_flight = {
+            let snap = self.snapshot.load();
+            let color = snap.route(req);
+            let Some(backend) = snap.pool(color).pick() else {
+                self.tracker
+                    .telemetry()
+                    .finish(color, 503, false, Duration::ZERO);
+                let err = ProxyError::NoBackend { color };
+                tracing::warn!(peer = %peer, error = %err, "proxy error");
+                return Err(err);
+            };
+            self.tracker.start(color, backend)
+        };
+        if self.tracker.telemetry().access_log.is_some() {
+            let (method, target) = access(req);
+            in_flight.access = Some(Box::new(AccessEntry {
+                method,
+                target,
+                peer,
+            }));
+        }
+        Ok(in_flight)
+    }
+}

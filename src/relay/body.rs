@@ -1,0 +1,140 @@
+//! The response body, copied through to the client by its framing, and the per-thread
+//! spare buffers that hold backend bytes between requests.
+
+use std::io;
+
+use bytes::Buf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{Conn, READ_SIZE};
+use crate::chunked::Chunked;
+use crate::drain::InFlight;
+use crate::metrics::ErrorKind;
+use crate::rules::response::Framing;
+
+/// Writes `c.out` (the response head) and the body after it to the client. Returns
+/// whether the body ended where its framing says (else the backend closed first). A
+/// backend that breaks off or garbles the body is booked on the request as an
+/// upstream error; a client that stops reading is not.
+pub(super) async fn relay_body(
+    c: &mut Conn,
+    upstream: &mut TcpStream,
+    framing: Framing,
+    in_flight: InFlight,
+) -> io::Result<bool> {
+    let mut in_flight = Some(in_flight);
+    // Counts body bytes; released before the write that ends the body.
+    let count = |in_flight: &mut Option<InFlight>, n: usize, done: bool| {
+        if let Some(guard) = in_flight.as_mut() {
+            guard.bytes += n as u64;
+        }
+        if done {
+            in_flight.take();
+        }
+    };
+    let broke = |in_flight: &mut Option<InFlight>, kind: ErrorKind, e: io::Error| {
+        if let Some(guard) = in_flight.as_mut() {
+            guard.broke(kind);
+        }
+        e
+    };
+    let mut remaining = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut chunked = Chunked::default();
+    // The part of `bytes` that is body; whether the body is complete after it.
+    let mut take = |bytes: &[u8]| -> io::Result<(usize, bool)> {
+        Ok(match framing {
+            Framing::Empty => (0, true),
+            Framing::Length(_) => {
+                let n = bytes
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                remaining -= n as u64;
+                (n, remaining == 0)
+            }
+            Framing::Chunked => {
+                let n = chunked
+                    .advance(bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                (n, chunked.is_done())
+            }
+            Framing::Close => (bytes.len(), false),
+        })
+    };
+    let (n, mut done) = take(&c.up).map_err(|e| broke(&mut in_flight, ErrorKind::Protocol, e))?;
+    c.out.extend_from_slice(&c.up[..n]);
+    c.up.advance(n);
+    count(&mut in_flight, n, done);
+    c.client.write_all(&c.out).await?;
+    while !done {
+        c.up.clear();
+        c.up.reserve(4 * READ_SIZE);
+        let read = (upstream.read_buf(&mut c.up).await)
+            .map_err(|e| broke(&mut in_flight, ErrorKind::Reset, e))?;
+        if read == 0 {
+            return match framing {
+                Framing::Close => Ok(false),
+                _ => Err(broke(
+                    &mut in_flight,
+                    ErrorKind::Reset,
+                    io::ErrorKind::UnexpectedEof.into(),
+                )),
+            };
+        }
+        let (n, complete) =
+            take(&c.up).map_err(|e| broke(&mut in_flight, ErrorKind::Protocol, e))?;
+        done = complete;
+        count(&mut in_flight, n, done);
+        c.client.write_all(&c.up[..n]).await?;
+        c.up.advance(n);
+    }
+    Ok(true)
+}
+
+/// Buffers between requests, per thread: bounded in number, and only of the usual size
+/// (one grown by a large body is freed instead).
+pub(super) mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::READ_SIZE;
+
+    /// Spares kept per thread.
+    const KEEP: usize = 256;
+
+    thread_local! {
+        static BYTES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn bytes() -> BytesMut {
+        BYTES
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_SIZE))
+    }
+
+    pub fn put(mut buf: BytesMut) {
+        buf.clear();
+        if buf.capacity() == 0 {
+            return;
+        }
+        // Reclaims the room before the read position; allocates nothing when the
+        // buffer was READ_SIZE or more to begin with.
+        buf.reserve(READ_SIZE);
+        if buf.capacity() <= 4 * READ_SIZE {
+            keep(buf);
+        }
+    }
+
+    fn keep(buf: BytesMut) {
+        BYTES.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < KEEP {
+                s.push(buf);
+            }
+        });
+    }
+}

@@ -1,0 +1,229 @@
+//! One exchange with a backend: send the buffered request on a kept-alive socket (or a
+//! new one), read the response head, judge it by the rulebook, and answer with the
+//! status that says why when the backend fails.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Buf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::body::{relay_body, spare};
+use super::{Conn, Exchange, READ_SIZE};
+use crate::deadline::Deadline;
+use crate::error::ProxyError;
+use crate::h1;
+use crate::metrics::ErrorKind;
+use crate::proxy::{Proxy, book_failure};
+use crate::rules::response::{BadResponse, Framing};
+use crate::upstream::UpstreamError;
+
+/// How one attempt at the backend went, before any of its response reached the client.
+enum Failure {
+    Connect(UpstreamError),
+    /// Nothing came back on a reused connection: it may be retried.
+    Unanswered(io::Error),
+    Io(io::Error),
+    Bad(BadResponse),
+    Timeout,
+    /// The client closed its connection while waiting.
+    ClientGone,
+}
+
+/// What the client is sent of a response head.
+struct Head {
+    code: u16,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Sends `c.out` to the backend and relays the response. Returns whether the client
+/// connection can take another request. The request stops counting as in flight just
+/// before its last bytes are written to the client: once the client has them, status
+/// and metrics already agree that it is done.
+pub(super) async fn exchange(
+    c: &mut Conn,
+    proxy: &Proxy,
+    mut ex: Exchange,
+    deadline: &mut Deadline,
+) -> bool {
+    let backend = Arc::clone(ex.in_flight.backend());
+    let upstreams = proxy.tracker.upstreams();
+    deadline.set(Instant::now() + proxy.response_timeout);
+    let color = proxy.color_header.then(|| ex.in_flight.color().as_str());
+    if c.up.capacity() == 0 {
+        c.up = spare::bytes();
+    }
+    let (mut upstream, head) = loop {
+        let (mut upstream, reused) = match upstreams.take_raw(&backend) {
+            Some(stream) => (stream, true),
+            None => match upstreams.connect_tcp(&backend).await {
+                Ok(stream) => (stream, false),
+                Err(e) => return failed(c, proxy, ex, Failure::Connect(e)).await,
+            },
+        };
+        c.up.clear();
+        match response_head(c, proxy, &mut upstream, &ex, color, deadline).await {
+            Ok(head) => break (upstream, head),
+            Err(Failure::Unanswered(_)) if reused && ex.retry => continue,
+            Err(Failure::Unanswered(e)) => return failed(c, proxy, ex, Failure::Io(e)).await,
+            Err(failure) => return failed(c, proxy, ex, failure).await,
+        }
+    };
+    ex.in_flight.backend().record(head.code < 500);
+    ex.in_flight.status = head.code;
+    let reusable = match relay_body(c, &mut upstream, head.framing, ex.in_flight).await {
+        Ok(complete) => complete && head.keep_alive && c.up.is_empty(),
+        Err(e) => {
+            tracing::debug!(peer = %c.peer.addr, error = %e, "response relay ended early");
+            return false;
+        }
+    };
+    if reusable {
+        upstreams.put_back_raw(&backend, upstream);
+    }
+    head.framing != Framing::Close
+}
+
+/// Writes the request and reads the response head, passing 1xx heads through; leaves
+/// the client's head for the final response in `c.out` and its first body bytes in
+/// `c.up`. The request is written while the response is read, all within the response
+/// timeout: a backend that answers as it reads (an echo) never waits on the relay, and
+/// one that answers before reading all of it (413) is heard; that connection is then
+/// not reused.
+async fn response_head(
+    c: &mut Conn,
+    proxy: &Proxy,
+    upstream: &mut TcpStream,
+    ex: &Exchange,
+    color: Option<&str>,
+    deadline: &mut Deadline,
+) -> Result<Head, Failure> {
+    // Most requests fit in the socket's buffer: written here, without waiting.
+    let mut written = match upstream.try_write(&c.out) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(Failure::Unanswered(e)),
+    };
+    // An interim answer came: the request is no longer unanswered (not retried).
+    let mut heard = false;
+    let (mut from, mut to) = upstream.split();
+    loop {
+        if !c.up.is_empty() {
+            let mut storage = h1::fields();
+            let parsed = h1::parse_response(&c.up, &mut storage, ex.head, &proxy.policy.limits);
+            if let Some(resp) = parsed.map_err(Failure::Bad)? {
+                let head_len = resp.head_len;
+                if resp.plan.interim {
+                    // 1xx (RFC 9110 §15.2): dropped on every path (hyper's server cannot
+                    // send one); the request goes on being sent, the final answer follows.
+                    c.up.advance(head_len);
+                    heard = true;
+                    continue;
+                }
+                // The rest of the request is not sent after an early answer.
+                let cut_short = written < c.out.len();
+                c.out.clear();
+                let head = Head {
+                    code: resp.code,
+                    framing: resp.plan.framing,
+                    keep_alive: resp.plan.keep_alive && !cut_short,
+                };
+                let close = ex.close || head.framing == Framing::Close;
+                resp.write_forwarded(color, close, &mut c.out);
+                c.up.advance(head_len);
+                return Ok(head);
+            }
+        }
+        if c.up.capacity() - c.up.len() < READ_SIZE / 4 {
+            c.up.reserve(READ_SIZE);
+        }
+        let unsent = &c.out[written..];
+        tokio::select! {
+            biased;
+            sent = to.write(unsent), if !unsent.is_empty() => match sent {
+                Ok(0) => return Err(Failure::Unanswered(io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) if c.up.is_empty() => return Err(Failure::Unanswered(e)),
+                Err(e) => return Err(Failure::Io(e)),
+            },
+            read = from.read_buf(&mut c.up) => match read {
+                Ok(0) if c.up.is_empty() && !heard => {
+                    return Err(Failure::Unanswered(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(0) => return Err(Failure::Io(io::ErrorKind::UnexpectedEof.into())),
+                Err(e) if c.up.is_empty() && !heard => {
+                    return Err(Failure::Unanswered(e));
+                }
+                Err(e) => return Err(Failure::Io(e)),
+                Ok(_) => {}
+            },
+            () = deadline.reached() => return Err(Failure::Timeout),
+            // A client that leaves stops the wait; a pipelining one has its next request
+            // kept (up to a head's worth).
+            read = c.client.read_buf(&mut c.buf), if c.buf.len() < proxy.policy.limits.max_request_head => match read {
+                Ok(0) | Err(_) => return Err(Failure::ClientGone),
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// Books a failed attempt (the backend's run of failures, the error counter, the log)
+/// and answers the client with the status that says why.
+async fn failed(c: &mut Conn, proxy: &Proxy, ex: Exchange, failure: Failure) -> bool {
+    let Exchange {
+        mut in_flight,
+        close,
+        ..
+    } = ex;
+    let (backend, color) = (in_flight.backend().address.clone(), in_flight.color());
+    let (kind, err) = match failure {
+        Failure::Connect(e) => (
+            ErrorKind::Connect,
+            ProxyError::Connect {
+                backend,
+                color,
+                cause: e.to_string(),
+            },
+        ),
+        Failure::ClientGone => {
+            // Nobody to answer, and the backend's answer, if any, is not read: not the
+            // backend's failure. The request ends with no status (as on hyper's path).
+            tracing::debug!(peer = %c.peer.addr, "client closed before the response");
+            return false;
+        }
+        Failure::Timeout => (
+            ErrorKind::Timeout,
+            ProxyError::Timeout {
+                backend,
+                color,
+                after: proxy.response_timeout,
+            },
+        ),
+        Failure::Unanswered(e) | Failure::Io(e) => (
+            ErrorKind::Reset,
+            ProxyError::Upstream {
+                backend,
+                color,
+                cause: e.to_string(),
+            },
+        ),
+        Failure::Bad(e) => (
+            ErrorKind::Protocol,
+            ProxyError::Upstream {
+                backend,
+                color,
+                cause: e.to_string(),
+            },
+        ),
+    };
+    book_failure(&mut in_flight, kind, &err, c.peer.addr);
+    // Done before the client has the answer, as on the success path.
+    drop(in_flight);
+    c.out.clear();
+    h1::write_local(err.status(), err.client_message(), close, &mut c.out);
+    c.client.write_all(&c.out).await.is_ok()
+}

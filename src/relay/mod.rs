@@ -1,0 +1,304 @@
+//! The HTTP/1.1 relay: the data path for the plain, common request.
+//!
+//! Each client connection starts here. A request the relay takes on (see
+//! [`h1::parse_request`]) is read whole (head and a body of known, bounded length),
+//! routed and counted like any other, and its head rewritten as bytes for a kept-alive
+//! socket to the chosen backend; the response head comes back the same way and the body
+//! is copied through by its framing. No `HeaderMap` is built and no task is spawned per
+//! request: this is how nginx and HAProxy forward, and it is where most of a proxy's
+//! per-request cost goes otherwise (see README, Performance).
+//!
+//! Everything else goes to hyper for the rest of the connection, with the bytes read
+//! so far replayed first: HTTP/2, HTTP/1.0, upgrades, `Expect`, chunked or large
+//! uploads, absolute-form targets, and any head the relay cannot parse (hyper answers
+//! 400 or 431). The routing, the in-flight guard, the metrics and the error answers are
+//! the same on both paths.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::connections::Watch;
+use crate::deadline::Deadline;
+use crate::drain::InFlight;
+use crate::h1::{self, Parsed};
+use crate::proxy::{Peer, Proxy};
+use crate::rewind::Rewind;
+use crate::rules::retry;
+
+mod body;
+mod exchange;
+
+/// Serves one client connection until it closes, times out, or shutdown is signalled
+/// (then after its current response).
+pub async fn serve(
+    stream: TcpStream,
+    peer: Peer,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    header_timeout: Duration,
+    watch: Watch,
+) {
+    let stopping = watch.stopping();
+    tokio::pin!(stopping);
+    let mut c = Conn {
+        client: stream,
+        // Taken from the spares when needed: an idle connection holds no buffer.
+        buf: BytesMut::new(),
+        up: BytesMut::new(),
+        out: Vec::new(),
+        peer,
+    };
+    let mut head_deadline = Deadline::new(header_timeout);
+    let mut response_deadline = Deadline::new(proxy.response_timeout);
+    loop {
+        head_deadline.set(Instant::now() + header_timeout);
+        let next = next_request(
+            &mut c,
+            &proxy,
+            &mut head_deadline,
+            header_timeout,
+            stopping.as_mut(),
+        );
+        let mut ex = match next.await {
+            Next::Request(ex) => ex,
+            Next::Answered { keep_alive: true } => continue,
+            Next::Answered { keep_alive: false } | Next::Close => return,
+            Next::Decline(why) => {
+                tracing::trace!(?why, "left to hyper");
+                // Boxed: hyper's connection is large and most connections never need it.
+                return Box::pin(hand_off(c, proxy, &builder, stopping)).await;
+            }
+        };
+        // The last response on this connection when the client said so or shutdown began.
+        ex.close |= watch.is_stopping();
+        let close = ex.close;
+        let keep_alive = exchange::exchange(&mut c, &proxy, ex, &mut response_deadline).await;
+        body::spare::put(std::mem::take(&mut c.up));
+        if c.out.capacity() > 4 * READ_SIZE {
+            // It held a large request body; the next request starts small again.
+            c.out = Vec::new();
+        }
+        if !keep_alive || close {
+            return;
+        }
+    }
+}
+
+/// Bytes asked of the kernel per read from a backend.
+const READ_SIZE: usize = 16 * 1024;
+/// Room for a client's request head, grown when one is larger.
+const HEAD_SIZE: usize = 4 * 1024;
+
+/// One client connection and its buffers. A connection that never sent anything holds
+/// none; one kept alive between requests holds its small request buffer and `out`,
+/// while the larger buffer for backend bytes waits in [`body::spare`] until the next
+/// request.
+struct Conn {
+    client: TcpStream,
+    /// Bytes from the client not yet handled (the next request may already be here).
+    buf: BytesMut,
+    /// Bytes from the backend not yet relayed; only during a request.
+    up: BytesMut,
+    /// The next bytes to write: a request for the backend, then a response head.
+    out: Vec<u8>,
+    peer: Peer,
+}
+
+/// A routed request, its bytes in `Conn::out`, waiting for its backend.
+struct Exchange {
+    in_flight: InFlight,
+    /// May be sent again on a fresh connection if a reused one fails before any answer
+    /// (RFC 9112 §9.3.1.1).
+    retry: bool,
+    /// A HEAD request: no response body whatever the fields say.
+    head: bool,
+    /// The client asked to close after this response.
+    close: bool,
+}
+
+enum Next {
+    Request(Exchange),
+    /// Answered locally (no healthy backend).
+    Answered {
+        keep_alive: bool,
+    },
+    Decline(h1::Decline),
+    Close,
+}
+
+/// Reads until a whole request is buffered, then routes it, picks a backend and writes
+/// the request as the backend gets it into `c.out`. The head must come within
+/// `timeout`; once it has, each read of the body gets `timeout` anew (nginx's
+/// `client_body_timeout`).
+async fn next_request(
+    c: &mut Conn,
+    proxy: &Proxy,
+    deadline: &mut Deadline,
+    timeout: Duration,
+    mut stopping: Pin<&mut WaitForCancellationFutureOwned>,
+) -> Next {
+    let mut reading_body = false;
+    loop {
+        match buffered_request(c, proxy) {
+            Buffered::Request(ex) => return Next::Request(ex),
+            Buffered::Answered { close } => {
+                let written = c.client.write_all(&c.out).await.is_ok();
+                return Next::Answered {
+                    keep_alive: written && !close,
+                };
+            }
+            Buffered::Decline(why) => return Next::Decline(why),
+            Buffered::Head => reading_body = true,
+            Buffered::Partial => {}
+        }
+        tokio::select! {
+            biased;
+            read = read_some(&mut c.client, &mut c.buf) => match read {
+                Ok(0) | Err(_) => return Next::Close,
+                Ok(_) if reading_body => deadline.set(Instant::now() + timeout),
+                Ok(_) => {}
+            },
+            () = deadline.reached() => {
+                tracing::debug!(peer = %c.peer.addr, "no complete request in time; closing");
+                return Next::Close;
+            }
+            () = stopping.as_mut(), if c.buf.is_empty() => return Next::Close,
+        }
+    }
+}
+
+/// What the bytes buffered so far amount to.
+enum Buffered {
+    Request(Exchange),
+    /// Answered locally, the answer in `out`.
+    Answered {
+        close: bool,
+    },
+    Decline(h1::Decline),
+    /// A whole head; its body is still coming.
+    Head,
+    Partial,
+}
+
+/// Parses what the client has sent and, once a whole request is here, starts it. Not
+/// async: the parsed fields (a few KiB) never become part of the connection's future.
+fn buffered_request(c: &mut Conn, proxy: &Proxy) -> Buffered {
+    if c.buf.is_empty() {
+        return Buffered::Partial;
+    }
+    let mut storage = h1::fields();
+    let req = match h1::parse_request(&c.buf, &mut storage, &proxy.policy) {
+        Parsed::Complete(req) => req,
+        Parsed::Partial => return Buffered::Partial,
+        Parsed::Decline(why) => return Buffered::Decline(why),
+        Parsed::Reject(reject) => {
+            // The rest of what the client sent is never read as a request: the
+            // connection closes after the answer.
+            tracing::debug!(peer = %c.peer.addr, error = %reject, "request refused");
+            proxy.tracker.telemetry().refused(reject);
+            c.out.clear();
+            h1::write_local(reject.status(), reject.client_message(), true, &mut c.out);
+            return Buffered::Answered { close: true };
+        }
+    };
+    // A body of at most MAX_BUFFERED_BODY bytes: fits in usize.
+    let total = req.head_len + req.body_len() as usize;
+    if c.buf.len() < total {
+        return Buffered::Head;
+    }
+    let next = begin(proxy, &req, &c.buf[..total], &c.peer, &mut c.out);
+    c.buf.advance(total);
+    match next {
+        Ok(ex) => Buffered::Request(ex),
+        Err(close) => Buffered::Answered { close },
+    }
+}
+
+/// Reads what the client has sent into `buf`: allocated once there is something to
+/// read, grown for a large head or body, and cut back to size once emptied.
+async fn read_some(client: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() == 0 {
+        client.readable().await?;
+    } else if buf.is_empty() && buf.capacity() > 4 * READ_SIZE {
+        // What a large body grew it to is not kept for the connection's next request.
+        *buf = BytesMut::new();
+    }
+    if buf.capacity() - buf.len() < HEAD_SIZE / 4 {
+        buf.reserve(HEAD_SIZE.max(buf.len()));
+    }
+    client.read_buf(buf).await
+}
+
+/// Routes a whole buffered request (`bytes`: head and body) and writes it for its
+/// backend into `out`. `Err(close)` when it was answered locally instead (503), with
+/// that answer in `out`.
+fn begin(
+    proxy: &Proxy,
+    req: &h1::Request<'_, '_>,
+    bytes: &[u8],
+    peer: &Peer,
+    out: &mut Vec<u8>,
+) -> Result<Exchange, bool> {
+    out.clear();
+    let started = proxy.start(req, peer.addr, |req| {
+        let method = http::Method::from_bytes(req.method.as_bytes()).unwrap_or_default();
+        (method, req.target.to_owned())
+    });
+    let in_flight = match started {
+        Ok(in_flight) => in_flight,
+        Err(err) => {
+            h1::write_local(err.status(), err.client_message(), req.plan.close, out);
+            return Err(req.plan.close);
+        }
+    };
+    req.write_forwarded(peer.client(), out);
+    out.extend_from_slice(&bytes[req.head_len..]);
+    Ok(Exchange {
+        in_flight,
+        // The body is buffered: a retry can send all of it again.
+        retry: retry::may_retry(req.method, true, false, true),
+        head: req.method == "HEAD",
+        close: req.plan.close,
+    })
+}
+
+/// Serves the rest of the connection with hyper, starting with the bytes already read.
+async fn hand_off(
+    c: Conn,
+    proxy: Arc<Proxy>,
+    builder: &auto::Builder<TokioExecutor>,
+    stopping: Pin<&mut WaitForCancellationFutureOwned>,
+) {
+    let Conn {
+        client, buf, peer, ..
+    } = c;
+    let io = Rewind {
+        read: buf.freeze(),
+        inner: client,
+    };
+    let service = service_fn(move |req| proxy.forward(req, &peer));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = stopping => {
+            // HTTP/1 closes after its current response, HTTP/2 sends GOAWAY.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
