@@ -38,6 +38,7 @@ pub mod connections;
 pub mod ctl;
 pub mod deadline;
 pub mod demo;
+pub mod dispatch;
 pub mod drain;
 pub mod error;
 pub mod h1;

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::config::ListenConfig;
 use crate::connections::{Connections, Watch};
-use crate::proxy::{Peer, Proxy};
+use crate::dispatch::{Peer, Proxy};
 use crate::relay;
 use crate::rules::Limits;
 

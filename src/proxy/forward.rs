@@ -11,6 +11,7 @@ use http::{Request, Response, StatusCode, Version};
 use super::tunnel::spawn_tunnel;
 use super::{ProxyBody, X_CUTOVER_COLOR, local_response};
 use crate::color::Color;
+use crate::dispatch::book_failure;
 use crate::drain::InFlight;
 use crate::error::ProxyError;
 use crate::headers::{self, ClientBody};
@@ -276,23 +277,6 @@ fn failed(
 ) -> Response<ProxyBody> {
     book_failure(in_flight, kind, &err, peer);
     local_response(err.status(), err.client_message())
-}
-
-/// What every upstream failure costs, on either path: a failure in the backend's run
-/// (passive ejection), the error counter, the request's status, a log line.
-pub(crate) fn book_failure(
-    in_flight: &mut InFlight,
-    kind: ErrorKind,
-    err: &ProxyError,
-    peer: SocketAddr,
-) {
-    in_flight.backend().record(false);
-    in_flight
-        .tracker()
-        .telemetry()
-        .upstream_error(in_flight.color(), kind);
-    in_flight.status = err.status().as_u16();
-    tracing::warn!(peer = %peer, error = %err, "proxy error");
 }
 
 /// "a: b: c" from an error and its sources, for the log.

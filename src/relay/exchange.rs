@@ -13,10 +13,10 @@ use tokio::time::Instant;
 use super::body::{relay_body, spare};
 use super::{Conn, Exchange, READ_SIZE};
 use crate::deadline::Deadline;
+use crate::dispatch::{Proxy, book_failure};
 use crate::error::ProxyError;
 use crate::h1;
 use crate::metrics::ErrorKind;
-use crate::proxy::{Proxy, book_failure};
 use crate::rules::response::{BadResponse, Framing};
 use crate::upstream::UpstreamError;
 

@@ -30,9 +30,9 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::connections::Watch;
 use crate::deadline::Deadline;
+use crate::dispatch::{Peer, Proxy};
 use crate::drain::InFlight;
 use crate::h1::{self, Parsed};
-use crate::proxy::{Peer, Proxy};
 use crate::rewind::Rewind;
 use crate::rules::retry;
 

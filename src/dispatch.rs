@@ -1,0 +1,140 @@
+//! What both protocol paths share: the [`Proxy`] context (the routing pointer, the
+//! trackers, the rulebook's settings), the client [`Peer`], and the first and last
+//! steps of every request: [`Proxy::start`] (load the snapshot once, route, pick a
+//! healthy backend, count the request against its colour) and [`book_failure`]. The
+//! relay and the hyper path ([`proxy`](crate::proxy)) both stand on it; it knows
+//! neither.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+
+use crate::config::UpstreamConfig;
+use crate::drain::{AccessEntry, InFlight, Tracker};
+use crate::error::ProxyError;
+use crate::headers;
+use crate::metrics::ErrorKind;
+use crate::rules::Policy;
+use crate::rules::forwarded::{self, Client};
+use crate::snapshot::{Routable, Snapshot};
+
+/// Everything `forward` needs, shared by all connections.
+pub struct Proxy {
+    /// The routing pointer; loaded once per request.
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Per-colour in-flight and tunnel counters, for draining and status; owns the
+    /// per-colour upstream clients.
+    pub(crate) tracker: Arc<Tracker>,
+    /// Limit on waiting for a backend's response headers (→ 504).
+    pub(crate) response_timeout: Duration,
+    /// Whether responses carry `x-cutover-color`.
+    pub(crate) color_header: bool,
+    /// The rulebook's settings: limits, `_` in names, trusted forwarders.
+    pub(crate) policy: Policy,
+}
+
+/// The client end of a connection, as each request on it needs it.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// `addr`'s IP as an X-Forwarded-For entry, formatted once per connection.
+    pub forwarded_for: HeaderValue,
+    /// `addr` is in `[forwarded] trusted`: its X-Forwarded-For is extended.
+    pub trusted: bool,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, policy: &Policy) -> Peer {
+        Peer {
+            addr,
+            forwarded_for: headers::forwarded_for(addr.ip()),
+            trusted: forwarded::trusted(&policy.trusted, addr.ip()),
+        }
+    }
+
+    /// The client as the rulebook's added fields name it.
+    pub fn client(&self) -> Client<'_> {
+        Client {
+            addr: self.forwarded_for.as_bytes(),
+            trusted: self.trusted,
+            proto: "http",
+        }
+    }
+}
+
+/// Names the colour that served a response, when `routing.color_header` is on.
+pub static X_CUTOVER_COLOR: http::HeaderName = http::HeaderName::from_static("x-cutover-color");
+
+// === impl Proxy ===
+
+impl Proxy {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        tracker: Arc<Tracker>,
+        upstream: &UpstreamConfig,
+        color_header: bool,
+        policy: Policy,
+    ) -> Proxy {
+        Proxy {
+            snapshot,
+            tracker,
+            response_timeout: upstream.response_timeout,
+            color_header,
+            policy,
+        }
+    }
+
+    /// The data path's first step on both HTTP/1.1 paths: loads the snapshot once, routes
+    /// `req`, picks a backend and starts counting the request against its colour. With
+    /// no healthy backend the request is recorded as a 503 and logged, and the error
+    /// says what to answer. `access` (method, target) is called only when the access log
+    /// is on.
+    pub(crate) fn start<R: Routable>(
+        &self,
+        req: &R,
+        peer: SocketAddr,
+        access: impl FnOnce(&R) -> (http::Method, String),
+    ) -> Result<InFlight, ProxyError> {
+        let mut in_flight = {
+            let snap = self.snapshot.load();
+            let color = snap.route(req);
+            let Some(backend) = snap.pool(color).pick() else {
+                self.tracker
+                    .telemetry()
+                    .finish(color, 503, false, Duration::ZERO);
+                let err = ProxyError::NoBackend { color };
+                tracing::warn!(peer = %peer, error = %err, "proxy error");
+                return Err(err);
+            };
+            self.tracker.start(color, backend)
+        };
+        if self.tracker.telemetry().access_log.is_some() {
+            let (method, target) = access(req);
+            in_flight.access = Some(Box::new(AccessEntry {
+                method,
+                target,
+                peer,
+            }));
+        }
+        Ok(in_flight)
+    }
+}
+
+/// What every upstream failure costs, on either path: a failure in the backend's run
+/// (passive ejection), the error counter, the request's status, a log line.
+pub(crate) fn book_failure(
+    in_flight: &mut InFlight,
+    kind: ErrorKind,
+    err: &ProxyError,
+    peer: SocketAddr,
+) {
+    in_flight.backend().record(false);
+    in_flight
+        .tracker()
+        .telemetry()
+        .upstream_error(in_flight.color(), kind);
+    in_flight.status = err.status().as_u16();
+    tracing::warn!(peer = %peer, error = %err, "proxy error");
+}
