@@ -2,6 +2,8 @@
 //! a temporary directory, and small HTTP clients that control their own connections.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
