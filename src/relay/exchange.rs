@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::body::{relay_body, spare};
 use super::{Conn, Exchange, READ_SIZE};
+use crate::chunked::Chunked;
 use crate::deadline::Deadline;
 use crate::dispatch::{Proxy, book_failure};
 use crate::error::ProxyError;
@@ -72,6 +73,12 @@ pub(super) async fn exchange(
             Err(failure) => return failed(c, proxy, ex, failure).await,
         }
     };
+    if head.framing == Framing::Chunked && !chunked_start_is_sound(&c.up) {
+        // Nothing has reached the client yet: the broken body is a 502 like a broken
+        // head (what came after the head is judged before the head is sent on).
+        c.out.clear();
+        return failed(c, proxy, ex, Failure::Bad(BadResponse::Chunked)).await;
+    }
     ex.in_flight.backend().record(head.code < 500);
     ex.in_flight.status = head.code;
     let reusable = match relay_body(c, &mut upstream, head.framing, ex.in_flight).await {
@@ -226,4 +233,10 @@ async fn failed(c: &mut Conn, proxy: &Proxy, ex: Exchange, failure: Failure) -> 
     c.out.clear();
     h1::write_local(err.status(), err.client_message(), close, &mut c.out);
     c.client.write_all(&c.out).await.is_ok()
+}
+
+/// Whether the body bytes that came with a chunked response's head are well framed so
+/// far.
+fn chunked_start_is_sound(bytes: &[u8]) -> bool {
+    Chunked::default().advance(bytes).is_ok()
 }

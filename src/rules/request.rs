@@ -162,16 +162,19 @@ impl Reject {
 /// white space a client used; a path also caps the raw bytes it buffers.
 pub fn head_size(head: &Head<'_>) -> usize {
     let line = head.method.len() + 1 + head.target.len() + 1 + 8 + 2;
-    let mut size = line + 2 + head.fields.iter().map(fields::line_len).sum::<usize>();
-    if let Some(authority) = head.authority
-        && !head
+    let size = line + 2 + head.fields.iter().map(fields::line_len).sum::<usize>();
+    size + implied_host(head).map_or(0, |a| 4 + 2 + a.len() + 2)
+}
+
+/// HTTP/2's `:authority` when no `host` field stands for it: counted as the Host field
+/// it becomes, so a head measures the same on every path.
+fn implied_host<'a>(head: &Head<'a>) -> Option<&'a [u8]> {
+    head.authority.filter(|_| {
+        !head
             .fields
             .iter()
             .any(|h| fields::classify(h.name.as_bytes()) == Field::Host)
-    {
-        size += 4 + 2 + authority.len() + 2;
-    }
-    size
+    })
 }
 
 /// Judges a request head: refused, or the plan for forwarding it.
@@ -305,7 +308,8 @@ fn limits(head: &Head<'_>, limits: &Limits) -> Result<(), Reject> {
     if head.target.len() > limits.max_uri {
         return Err(Reject::UriTooLong);
     }
-    if head.fields.len() > limits.max_headers.min(super::MAX_FIELDS) {
+    let count = head.fields.len() + usize::from(implied_host(head).is_some());
+    if count > limits.max_headers.min(super::MAX_FIELDS) {
         return Err(Reject::TooManyFields);
     }
     if head_size(head) > limits.max_request_head {
