@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -395,21 +395,36 @@ pub async fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    // Bind under a restrictive umask so the socket is never reachable with wider
-    // permissions, not even between bind and chmod.
-    // SAFETY: umask only swaps the process file-creation mask; it cannot fail.
-    let old = unsafe { libc::umask(0o177) };
-    let listener = UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
-    let listener = listener.map_err(|e| {
+    // Bound inside a fresh 0700 directory beside the socket, given its mode there and
+    // then renamed into place: it is never reachable with wider permissions, and no
+    // process-wide umask changes while other threads create files.
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let private = parent.join(format!(".cutover-{}", std::process::id()));
+    let cannot = |e: io::Error| {
         io::Error::new(
             e.kind(),
             format!("cannot bind admin socket {}: {e}", path.display()),
         )
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(listener)
+    };
+    if private.exists() {
+        // Left by a process with our pid that died mid-bind.
+        std::fs::remove_dir_all(&private).map_err(cannot)?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(cannot)?;
+    let staged = private.join("s");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound.map_err(cannot)
 }
 
 /// Serves admin connections until `shutdown`; returns the open connections' watcher.

@@ -29,6 +29,9 @@
 //! passed in as an argument, and [`config`] turns TOML into a validated
 //! [`config::Config`] or an error naming every bad key.
 
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod access_log;
 pub mod admin;
 pub mod chunked;

@@ -1,6 +1,9 @@
 //! The `cutover` binary: argument parsing, logging, wiring, signals. The only place
 //! that exits the process.
 
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

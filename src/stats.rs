@@ -175,6 +175,7 @@ impl Slot {
     }
 }
 
+#[allow(clippy::expect_used, reason = "constant bounds; no input reaches them")]
 fn new_histogram() -> Histogram<u32> {
     // Constant bounds, valid for hdrhistogram (1 <= low, high >= 2 * low, sigfig <= 5).
     Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("constant histogram bounds are valid")
