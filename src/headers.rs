@@ -1,5 +1,5 @@
-//! Hyper's side of the rulebook: a `HeaderMap` as field lines for the [`rules`]
-//! (crate::rules), the rulebook's added fields written into a `HeaderMap`, and the
+//! Hyper's side of the rulebook: a `HeaderMap` as field lines for the
+//! [`rules`](crate::rules), the rulebook's added fields written into a `HeaderMap`, and the
 //! client's request body wrapped so that its failure is known as the client's.
 
 use std::error::Error as StdError;

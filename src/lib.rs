@@ -4,19 +4,26 @@
 //!
 //! A client connection is accepted by the [`listener`] and served by the [`relay`]
 //! while its requests are plain HTTP/1.1 (heads parsed and rewritten as bytes by
-//! [`h1`], bodies copied through by their framing); from the first request that is not
-//! (HTTP/2 with prior knowledge, HTTP/1.0, upgrades, `Expect`, chunked or large
-//! uploads, anything malformed), hyper-util's auto builder serves the rest of the
-//! connection and hands each request to [`proxy::Proxy::forward`]. Either way a request
-//! loads the routing [`snapshot::Snapshot`] **once** (one `ArcSwap` load), asks it
-//! which colour the request goes to, picks a healthy backend of that colour's
-//! [`pool::Pool`] (round-robin, lock-free), and starts an [`drain::InFlight`] guard that
-//! counts the request against its colour and backend until the response body has
-//! finished streaming. Hop-by-hop fields go out and `X-Forwarded-*` and `Via` come in
-//! ([`h1`] on the relay, [`headers`] on hyper's path) and the request is sent on one of
-//! that backend's keep-alive connections ([`upstream`]). Errors become 502/503/504 in
-//! one place ([`error`]). Because routing happens per request, the next request on an
-//! old keep-alive connection already follows a switch.
+//! [`h1`], bodies copied through by their framing); from the first valid request that
+//! is not (HTTP/2 with prior knowledge, HTTP/1.0, absolute-form, upgrades, `Expect`,
+//! chunked or large uploads), hyper-util's auto builder serves the rest of the
+//! connection and hands each request to the hyper path, [`proxy`].
+//!
+//! Both paths are adapters over the same layers below them:
+//! - the [`rules`]: one rulebook judges every request and response head (Host,
+//!   framing, head limits, hop-by-hop and forwarded fields, `_` in names), says which
+//!   status a failure gets and whose fault it is, and when a request may be retried;
+//!   [`headers`] is its adapter for hyper's header maps;
+//! - [`dispatch`]: a request loads the routing [`snapshot::Snapshot`] **once** (one
+//!   `ArcSwap` load), asks it which colour the request goes to, picks a healthy backend
+//!   of that colour's [`pool::Pool`] (round-robin, lock-free), and starts a
+//!   [`drain::InFlight`] guard that counts the request against its colour and backend
+//!   until the response body has finished streaming;
+//! - [`upstream`]: the backend's keep-alive connections ([`idle`]).
+//!
+//! Errors become 4xx (the client's fault, never counted against a backend) or
+//! 502/503/504 in one place ([`error`], [`rules::blame`]). Because routing happens per
+//! request, the next request on an old keep-alive connection already follows a switch.
 //!
 //! # Changing where traffic goes
 //!
