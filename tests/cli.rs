@@ -233,3 +233,56 @@ async fn ctl_switches_shows_a_table_and_exits_non_zero_with_the_servers_message_
         stderr(&out)
     );
 }
+
+/// The largest resident set of any child this process has waited for, in KiB.
+fn children_max_rss_kib() -> i64 {
+    // SAFETY: getrusage writes into the struct it is given and nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is a valid `who`.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(rc, 0, "getrusage");
+    usage.ru_maxrss
+}
+
+#[test]
+fn an_oversized_config_is_refused_unread_and_a_long_bad_value_is_quoted_short() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("big.toml");
+    let file = std::fs::File::create(&big).expect("create");
+    file.set_len(100 * 1024 * 1024)
+        .expect("a sparse 100 MB file");
+    for path in [big.to_str().expect("utf-8 path"), "/dev/zero"] {
+        let started = std::time::Instant::now();
+        let out = cutover(&["check", "--config", path]);
+        assert!(!out.status.success(), "{path} was accepted");
+        assert!(
+            stderr(&out).contains("larger than 1048576 bytes"),
+            "{path}: {}",
+            stderr(&out)
+        );
+        eprintln!("{path} refused in {:?}", started.elapsed());
+    }
+    // Every child so far (these and other tests' small configs) stayed far below the
+    // 100 MB a whole read would take.
+    let max_rss = children_max_rss_kib();
+    assert!(max_rss < 64 * 1024, "a child reached {max_rss} KiB");
+
+    let long = "x".repeat(512 * 1024);
+    for text in [
+        GOOD.replace("[routing]", &format!("bogus = \"{long}\"\n[routing]")),
+        GOOD.replace("\"127.0.0.1:9002\"", &format!("\"{long}\"")),
+        GOOD.replace("live = \"blue\"", &format!("live = \"{long}\"")),
+    ] {
+        let path = write_config(dir.path(), "long.toml", &text);
+        let out = cutover(&["check", "--config", &path]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.len() < 2048,
+            "{} bytes of message: {}",
+            err.len(),
+            &err[..300.min(err.len())]
+        );
+        assert!(err.contains("more characters"), "{err}");
+    }
+}

@@ -165,7 +165,7 @@ impl fmt::Display for Problems<'_> {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_bounded(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -176,7 +176,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: short_lines(e.to_string().trim_end()),
         })?;
         let mut problems = Vec::new();
         let config = validate::validate(raw, &mut problems);
@@ -226,6 +226,63 @@ impl Config {
             policy: Policy::default(),
         }
     }
+}
+
+/// Largest config file read: a config is a few KiB; anything near this is a mistake
+/// (a wrong path, a device), refused before it is read whole.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a config file of at most [`MAX_CONFIG_BYTES`], whatever its metadata says
+/// (`/dev/zero` has no size): memory stays bounded.
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    let read = file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)?;
+    if read as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIG_BYTES} bytes; is this the config file?"),
+        ));
+    }
+    Ok(text)
+}
+
+/// At most this many characters of a value a user wrote are quoted back in a message.
+const EXCERPT_CHARS: usize = 64;
+
+/// A value from the file, quoted in a message: its first [`EXCERPT_CHARS`] characters
+/// and how many more there were.
+pub(super) struct Excerpt<'a>(pub(super) &'a str);
+
+impl fmt::Debug for Excerpt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total = self.0.chars().count();
+        if total <= EXCERPT_CHARS {
+            return write!(f, "{:?}", self.0);
+        }
+        let head: String = self.0.chars().take(EXCERPT_CHARS).collect();
+        write!(f, "{head:?}… ({} more characters)", total - EXCERPT_CHARS)
+    }
+}
+
+/// A parser message with each line cut to a readable length (the TOML parser quotes
+/// the offending line, which may be megabytes long).
+fn short_lines(message: &str) -> String {
+    const LINE: usize = 200;
+    message
+        .lines()
+        .map(|line| {
+            let total = line.chars().count();
+            if total <= LINE {
+                line.to_owned()
+            } else {
+                let head: String = line.chars().take(LINE).collect();
+                format!("{head}… ({} more characters)", total - LINE)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub(super) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);

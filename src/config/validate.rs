@@ -18,7 +18,7 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
             "listen.address",
             format!(
                 "{:?} is not an IP:port address; write e.g. \"127.0.0.1:8080\" or \"[::]:80\"",
-                raw.listen.address
+                Excerpt(&raw.listen.address)
             ),
         )
     });
@@ -53,7 +53,10 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
             problem(
                 problems,
                 "metrics.listen",
-                format!("{text:?} is not an IP:port address; write e.g. \"127.0.0.1:9090\""),
+                format!(
+                    "{:?} is not an IP:port address; write e.g. \"127.0.0.1:9090\"",
+                    Excerpt(text)
+                ),
             );
         }
         parsed.ok()
@@ -75,7 +78,7 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
             "routing.live",
             format!(
                 "unknown colour {:?}; use \"blue\" or \"green\"",
-                raw.routing.live
+                Excerpt(&raw.routing.live)
             ),
         )
     });
@@ -200,7 +203,7 @@ fn policy(
                 "http.headers_with_underscores",
                 format!(
                     "{:?} is not one of \"drop\", \"reject\", \"allow\"",
-                    other.chars().take(40).collect::<String>()
+                    Excerpt(other)
                 ),
             );
             Underscores::Drop
@@ -251,7 +254,10 @@ fn pools(raw: BTreeMap<String, RawPool>, problems: &mut Vec<Problem>) -> Option<
                 problem(
                     problems,
                     &key,
-                    format!("{text:?} is not a host:port address; write e.g. \"10.0.0.5:8080\""),
+                    format!(
+                        "{:?} is not a host:port address; write e.g. \"10.0.0.5:8080\"",
+                        Excerpt(text)
+                    ),
                 );
                 continue;
             };
@@ -316,7 +322,10 @@ fn health(raw: RawHealth, pool: &str, problems: &mut Vec<Problem>) -> HealthConf
         problem(
             problems,
             &key("path"),
-            format!("{path:?} is not a request path; write e.g. \"/healthz\""),
+            format!(
+                "{:?} is not a request path; write e.g. \"/healthz\"",
+                Excerpt(&path)
+            ),
         );
     }
     let interval = duration(
@@ -427,7 +436,8 @@ fn duration(
                 problems,
                 key,
                 format!(
-                    "{text:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\" or \"2m\""
+                    "{:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\" or \"2m\"",
+                    Excerpt(&text)
                 ),
             );
             default
