@@ -122,6 +122,30 @@ impl Proxy {
     }
 }
 
+/// After a connect to the request's backend failed (refused, unreachable, timed out:
+/// nothing of the request was sent), moves it to another healthy backend of the same
+/// colour. The failed backend is booked a failure (passive ejection); the request is
+/// not, and the client sees nothing of it. False when the colour has no other healthy
+/// backend. Each path calls it at most once per request.
+pub(crate) fn retry_elsewhere(in_flight: &mut InFlight, cause: &dyn std::fmt::Display) -> bool {
+    in_flight.backend().record(false);
+    let next = in_flight
+        .tracker()
+        .upstreams()
+        .pick_other(in_flight.color(), in_flight.backend());
+    let Some(next) = next else {
+        return false;
+    };
+    tracing::debug!(
+        failed = %in_flight.backend().address,
+        next = %next.address,
+        error = %cause,
+        "connect failed; trying another backend"
+    );
+    in_flight.move_to(&next);
+    true
+}
+
 /// What every upstream failure costs, on either path: a failure in the backend's run
 /// (passive ejection), the error counter, the request's status, a log line.
 pub(crate) fn book_failure(

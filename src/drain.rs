@@ -286,6 +286,12 @@ impl InFlight {
         self.backend.backend()
     }
 
+    /// The request goes to `backend` instead (its first one could not be reached): it
+    /// now counts against that one.
+    pub fn move_to(&mut self, backend: &Arc<Backend>) {
+        self.backend = backend.track();
+    }
+
     pub fn tracker(&self) -> &Arc<Tracker> {
         &self.tracker
     }

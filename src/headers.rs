@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
 use crate::rules::forwarded::{self, Client, Sink};
 use crate::rules::request::Plan;
@@ -126,9 +127,28 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
 /// body cut short) surfaces as a [`ClientBodyError`] in the upstream error's chain, so
 /// it is blamed on the client, not on the backend.
 pub enum ClientBody {
-    Streaming(Incoming),
+    Streaming {
+        body: Incoming,
+        /// Told when the body has been read to its end: the response timer starts then.
+        sent: Option<oneshot::Sender<()>>,
+    },
     /// No body (also what a retry sends again).
     Empty,
+}
+
+/// Arms `req`'s body to say when it has been sent on; `None` when it has no body.
+pub fn signal_sent(
+    mut req: http::Request<ClientBody>,
+) -> (http::Request<ClientBody>, Option<oneshot::Receiver<()>>) {
+    let rx = match req.body_mut() {
+        ClientBody::Streaming { sent, .. } => {
+            let (tx, rx) = oneshot::channel();
+            *sent = Some(tx);
+            Some(rx)
+        }
+        ClientBody::Empty => None,
+    };
+    (req, rx)
 }
 
 /// The client's request body failed.
@@ -152,7 +172,7 @@ impl ClientBody {
         if body.is_end_stream() {
             ClientBody::Empty
         } else {
-            ClientBody::Streaming(body)
+            ClientBody::Streaming { body, sent: None }
         }
     }
 }
@@ -166,23 +186,32 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            ClientBody::Streaming(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(ClientBodyError))),
+            ClientBody::Streaming { body, sent } => {
+                let frame = Pin::new(&mut *body).poll_frame(cx);
+                let ended = match &frame {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    _ => false,
+                };
+                if ended && let Some(sent) = sent.take() {
+                    let _ = sent.send(());
+                }
+                frame.map(|f| f.map(|r| r.map_err(ClientBodyError)))
+            }
             ClientBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Streaming(body) => body.is_end_stream(),
+            ClientBody::Streaming { body, .. } => body.is_end_stream(),
             ClientBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Streaming(body) => body.size_hint(),
+            ClientBody::Streaming { body, .. } => body.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -268,6 +268,16 @@ impl Pool {
             .find(|b| b.is_available())
     }
 
+    /// A healthy backend other than `not`, for a second attempt after `not` refused a
+    /// connection.
+    pub fn pick_other(&self, not: &Backend) -> Option<&Arc<Backend>> {
+        let n = self.backends.len();
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.backends[(start.wrapping_add(i)) % n])
+            .find(|b| !std::ptr::eq(b.as_ref(), not) && b.is_available())
+    }
+
     pub fn healthy_count(&self) -> usize {
         self.backends.iter().filter(|b| b.is_available()).count()
     }

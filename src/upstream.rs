@@ -49,6 +49,22 @@ pub struct Upstreams {
     sweeps: AtomicU64,
 }
 
+/// A request that got no response, and the request itself when none of it was sent
+/// (the connection could not be opened), so it can go to another backend.
+pub struct SendFailure {
+    pub error: UpstreamError,
+    pub unsent: Option<Request<ClientBody>>,
+}
+
+impl From<UpstreamError> for SendFailure {
+    fn from(error: UpstreamError) -> SendFailure {
+        SendFailure {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 /// Why no response came from a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -102,7 +118,7 @@ impl Upstreams {
         backend: &Backend,
         mut req: Request<ClientBody>,
         retry: bool,
-    ) -> Result<(Response<Incoming>, Sender), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Sender), SendFailure> {
         while let Some(Idle {
             conn: mut sender, ..
         }) = backend.idle.queue.pop()
@@ -119,14 +135,23 @@ impl Upstreams {
                         req = again;
                         break;
                     }
-                    (None, _) => return Err(UpstreamError::Http(e.into_error())),
+                    (None, _) => return Err(UpstreamError::Http(e.into_error()).into()),
                 },
             }
         }
-        let mut sender = Box::pin(self.connect(backend)).await?;
+        let mut sender = match Box::pin(self.connect(backend)).await {
+            Ok(sender) => sender,
+            // Nothing was written: the request can go elsewhere.
+            Err(error) => {
+                return Err(SendFailure {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+        };
         match sender.send_request(req).await {
             Ok(resp) => Ok((resp, sender)),
-            Err(e) => Err(UpstreamError::Http(e)),
+            Err(e) => Err(UpstreamError::Http(e).into()),
         }
     }
 
@@ -193,6 +218,11 @@ impl Upstreams {
                 sweep,
             });
         }
+    }
+
+    /// A healthy backend of `color` other than `not`, in the current snapshot.
+    pub fn pick_other(&self, color: Color, not: &Backend) -> Option<Arc<Backend>> {
+        self.snapshot.load().pool(color).pick_other(not).cloned()
     }
 
     /// Closes `color`'s idle connections now (the colour has drained).

@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode, Version};
 use super::tunnel::spawn_tunnel;
 use super::{ProxyBody, X_CUTOVER_COLOR, local_response};
 use crate::color::Color;
-use crate::dispatch::book_failure;
+use crate::dispatch::{book_failure, retry_elsewhere};
 use crate::drain::InFlight;
 use crate::error::ProxyError;
 use crate::headers::{self, ClientBody};
@@ -19,7 +19,7 @@ use crate::metrics::ErrorKind;
 use crate::rules::Limits;
 use crate::rules::request::Reject;
 use crate::rules::response::{self, BadResponse};
-use crate::upstream::UpstreamError;
+use crate::upstream::{SendFailure, UpstreamError};
 
 /// Sorts an upstream failure for `cutover_upstream_errors_total{kind}`.
 fn error_kind(e: &UpstreamError) -> ErrorKind {
@@ -143,15 +143,20 @@ impl Sent {
             peer,
         } = self;
         let color = in_flight.color();
-        let answer = {
-            let sent = in_flight
-                .tracker()
-                .upstreams()
-                .send(in_flight.backend(), req, retry);
-            // Pinned where it is: the timeout wraps a reference, not a copy of it.
-            tokio::pin!(sent);
-            tokio::time::timeout(timeout, sent).await
-        };
+        let (req, body_sent) = headers::signal_sent(req);
+        let mut answer = send(&mut in_flight, req, retry, timeout, body_sent).await;
+        if let Ok(Err(SendFailure {
+            error,
+            unsent: Some(req),
+        })) = answer
+        {
+            answer = if retry_elsewhere(&mut in_flight, &error) {
+                send(&mut in_flight, req, retry, timeout, None).await
+            } else {
+                Ok(Err(error.into()))
+            };
+        }
+        let answer = answer.map(|sent| sent.map_err(|failure| failure.error));
         let (mut resp, conn) = match answer {
             Ok(Ok(exchange)) => exchange,
             Err(_) => {
@@ -229,6 +234,32 @@ impl Sent {
             },
         )
     }
+}
+
+/// Sends `req` to the request's backend and waits for the response head: bounded by
+/// `timeout` from when the request's body has been sent on (`body_sent` resolves then;
+/// `None` when it has no body), so a slow upload is the client's pace, not the
+/// backend's delay.
+async fn send(
+    in_flight: &mut InFlight,
+    req: Request<ClientBody>,
+    retry: bool,
+    timeout: Duration,
+    body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> Result<Result<(Response<hyper::body::Incoming>, crate::idle::Sender), SendFailure>, ()> {
+    let upstreams = in_flight.tracker().upstreams();
+    let sent = upstreams.send(in_flight.backend(), req, retry);
+    // Pinned where it is: the timeout wraps a reference, not a copy of it.
+    tokio::pin!(sent);
+    if let Some(body_sent) = body_sent {
+        tokio::select! {
+            biased;
+            answer = &mut sent => return Ok(answer),
+            // Sent, or the body failed (the exchange then ends with its error).
+            _ = body_sent => {}
+        }
+    }
+    tokio::time::timeout(timeout, sent).await.map_err(|_| ())
 }
 
 /// A response head the rulebook refuses: 502, a protocol error against the backend.

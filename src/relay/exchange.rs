@@ -14,7 +14,7 @@ use super::body::{relay_body, spare};
 use super::{Conn, Exchange, READ_SIZE};
 use crate::chunked::Chunked;
 use crate::deadline::Deadline;
-use crate::dispatch::{Proxy, book_failure};
+use crate::dispatch::{Proxy, book_failure, retry_elsewhere};
 use crate::error::ProxyError;
 use crate::h1;
 use crate::metrics::ErrorKind;
@@ -50,18 +50,24 @@ pub(super) async fn exchange(
     mut ex: Exchange,
     deadline: &mut Deadline,
 ) -> bool {
-    let backend = Arc::clone(ex.in_flight.backend());
+    let mut backend = Arc::clone(ex.in_flight.backend());
     let upstreams = proxy.tracker.upstreams();
     deadline.set(Instant::now() + proxy.response_timeout);
     let color = proxy.color_header.then(|| ex.in_flight.color().as_str());
     if c.up.capacity() == 0 {
         c.up = spare::bytes();
     }
+    let mut moved = false;
     let (mut upstream, head) = loop {
         let (mut upstream, reused) = match upstreams.take_raw(&backend) {
             Some(stream) => (stream, true),
             None => match upstreams.connect_tcp(&backend).await {
                 Ok(stream) => (stream, false),
+                Err(e) if !moved && retry_elsewhere(&mut ex.in_flight, &e) => {
+                    moved = true;
+                    backend = Arc::clone(ex.in_flight.backend());
+                    continue;
+                }
                 Err(e) => return failed(c, proxy, ex, Failure::Connect(e)).await,
             },
         };
@@ -152,7 +158,13 @@ async fn response_head(
             biased;
             sent = to.write(unsent), if !unsent.is_empty() => match sent {
                 Ok(0) => return Err(Failure::Unanswered(io::ErrorKind::WriteZero.into())),
-                Ok(n) => written += n,
+                Ok(n) => {
+                    written += n;
+                    if written == c.out.len() {
+                        // The response timer runs from when the request has been sent.
+                        deadline.set(Instant::now() + proxy.response_timeout);
+                    }
+                }
                 Err(e) if c.up.is_empty() => return Err(Failure::Unanswered(e)),
                 Err(e) => return Err(Failure::Io(e)),
             },

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 
 /// Starts a backend named `name` on 127.0.0.1:0. What it does depends on the path:
 /// - `/echo`: streams the request body back;
+/// - `/sink`: reads the whole request body, then answers its length;
 /// - `/headers`: a JSON object of the request headers (values joined with "\n");
 /// - `/slow?ms=N`: answers after N ms;
 /// - `/hang`: never answers;
@@ -168,6 +169,13 @@ async fn answer(name: &'static str, req: Request<Incoming>) -> Response<TestBody
     };
     let mut resp = match req.uri().path() {
         "/echo" => Response::new(req.into_body().boxed()),
+        "/sink" => {
+            // Reads the whole body before answering with its length.
+            match req.into_body().collect().await {
+                Ok(body) => text(body.to_bytes().len().to_string()),
+                Err(e) => text(format!("body failed: {e}")),
+            }
+        }
         "/headers" => {
             let mut map = serde_json::Map::new();
             for key in req.headers().keys() {
