@@ -59,8 +59,12 @@ pub fn forwarded(
 
 /// Writes the rulebook's added fields into a header map.
 pub struct MapSink<'m> {
+    /// The forwarded request's headers; each finished field is appended to it.
     map: &'m mut HeaderMap,
+    /// The field being written, from `begin`: a lowercase static name, so it becomes a
+    /// `HeaderName` without parsing.
     name: &'static str,
+    /// The field's value so far, its parts joined; cleared and reused for each field.
     value: Vec<u8>,
     /// The value is one part, `value` not used: it can be taken without copying when
     /// it is one of ours.

@@ -44,6 +44,8 @@ pub struct Backend {
 /// Pool-wide ejection bookkeeping.
 #[derive(Debug)]
 pub struct EjectionState {
+    /// The pool's `[ejection]` settings: the failure run that ejects, the base
+    /// cool-off, and the cap on how much of the pool may be out.
     policy: EjectionConfig,
     /// Backends of the pool ejected right now.
     ejected: AtomicUsize,
@@ -54,6 +56,8 @@ pub struct EjectionState {
 /// The backends of one colour.
 #[derive(Debug)]
 pub struct Pool {
+    /// In config order; `pick` rotates over them. Each is an `Arc`, so a pool rebuilt
+    /// with the same address keeps that backend's health and counts.
     pub backends: Vec<Arc<Backend>>,
     /// Round-robin cursor; relaxed, a lost increment only skews the rotation.
     cursor: AtomicUsize,

@@ -43,7 +43,12 @@ pub struct Upstreams {
     /// Where the pools (and so the backends and their idle connections) are found for
     /// sweeps and resets.
     snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The `[upstream]` settings: `connect_timeout` bounds each connect,
+    /// `max_idle_per_backend` caps what `put_back` keeps, `idle_timeout` paces the
+    /// sweep.
     config: UpstreamConfig,
+    /// Hyper's HTTP/1 client settings, used for every new backend connection (vectored
+    /// writes off).
     builder: http1::Builder,
     /// Sweeps done so far.
     sweeps: AtomicU64,
