@@ -1,7 +1,7 @@
 //! What both protocol paths share: the [`Proxy`] context (the routing pointer, the
 //! trackers, the rulebook's settings), the client [`Peer`], and the first and last
-//! steps of every request: [`Proxy::start`] (load the snapshot once, route, pick a
-//! healthy backend, count the request against its colour) and [`book_failure`]. The
+//! steps of every request: `Proxy::start` (load the snapshot once, route, pick a
+//! healthy backend, count the request against its colour) and `book_failure`. The
 //! relay and the hyper path ([`proxy`](crate::proxy)) both stand on it; it knows
 //! neither.
 

@@ -1,6 +1,6 @@
-//! Hyper's side of the rulebook: a `HeaderMap` as field lines for the [`rules`]
-//! (crate::rules), the rulebook's added fields written into a `HeaderMap`, and the
-//! client's request body wrapped so that its failure is known as the client's.
+//! Hyper's side of the rulebook: a `HeaderMap` as field lines for the
+//! [`rules`](crate::rules), the rulebook's added fields written into a `HeaderMap`, and
+//! the client's request body wrapped so that its failure is known as the client's.
 
 use std::error::Error as StdError;
 use std::fmt;

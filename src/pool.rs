@@ -25,13 +25,13 @@ pub struct Backend {
     /// True once `rise` consecutive checks passed (or when there are no checks): only
     /// verified backends count for the cutover gate.
     verified: AtomicBool,
-    /// When the backend last became healthy, as ms since [`epoch`]; for `warmup`.
+    /// When the backend last became healthy, as [`epoch_ms`] time; for `warmup`.
     healthy_since_ms: AtomicU64,
     /// Why the last check failed ("refused", "timeout", "status 500"); for the 409 body.
     last_problem: Mutex<Option<String>>,
     /// Consecutive connect failures / 5xx seen by the proxy, for passive ejection.
     failures: AtomicU32,
-    /// Ejected until this many ms since [`epoch`]; 0 = not ejected.
+    /// Ejected until this [`epoch_ms`] time; 0 = not ejected.
     ejected_until_ms: AtomicU64,
     /// How many times this backend has been ejected (cool-off grows with it).
     ejections: AtomicU32,

@@ -1,8 +1,8 @@
 //! Keep-alive HTTP/1.1 connections to backends.
 //!
-//! Each [`Backend`] keeps its own idle connections ([`IdleConns`], lock-free queues):
-//! plain sockets for the [`relay`](crate::relay), hyper senders for requests hyper
-//! serves.
+//! Each [`Backend`] keeps its own idle connections
+//! ([`IdleConns`](crate::idle::IdleConns), lock-free queues): plain sockets for the
+//! [`relay`](crate::relay), hyper senders for requests hyper serves.
 //! A request takes one, skipping any the backend has closed, or opens a new one; once
 //! the response body has been read to its end the connection goes back. A body cut
 //! short, an error or an upgrade closes it instead. A sweep closes connections idle
@@ -99,8 +99,8 @@ impl Upstreams {
     /// left. A request an idle connection could not take (the backend closed it just
     /// before) was never written, so it goes to the next one. One that was written on a
     /// reused connection that then closed with no answer is sent once more on a new
-    /// connection when `retry` says it may be (the rulebook's [`retry`]
-    /// (crate::rules::retry)). Returns the response and the connection, for
+    /// connection when `retry` says it may be (the rulebook's
+    /// [`retry`](crate::rules::retry)). Returns the response and the connection, for
     /// [`put_back`](Self::put_back) once the body has been read.
     pub async fn send(
         &self,

@@ -2,7 +2,7 @@
 //! turned into field lines for the [`rules`](crate::rules), then one request through
 //! the data path: load the snapshot once, route, pick a backend, rewrite the head as
 //! the rulebook says, forward on a kept-alive connection, stream the response back
-//! while an [`InFlight`] guard counts it against its colour.
+//! while an [`InFlight`](crate::drain::InFlight) guard counts it against its colour.
 
 use std::convert::Infallible;
 use std::future::Future;
