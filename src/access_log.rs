@@ -14,6 +14,8 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_cha
 const BUFFERED_LINES: usize = 16 * 1024;
 
 pub struct AccessLog {
+    /// Bounded queue to the writer thread: `try_send` never blocks a request, and a
+    /// full queue drops the line.
     tx: SyncSender<String>,
 }
 

@@ -27,7 +27,11 @@ use crate::switchboard::{Caller, StateReport, SwitchRequest, Switchboard};
 
 /// What the admin handlers share.
 pub struct Admin {
+    /// The only way the admin API changes routing; also where it reads the snapshot and
+    /// the state file report.
     pub switchboard: Arc<Switchboard>,
+    /// The per-colour counts and drains for `/status` and `wait`, and the telemetry
+    /// `/metrics` renders.
     pub tracker: Arc<Tracker>,
 }
 
@@ -37,10 +41,14 @@ const MAX_BODY: usize = 64 * 1024;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SwitchBody {
+    /// The target colour's name; an unknown one is a 400.
     to: String,
+    /// Refuse with 409 unless routing is still at this generation.
     expect_generation: Option<u64>,
+    /// Skip the health gate; the switch is logged and counted as forced.
     #[serde(default)]
     force: bool,
+    /// Answer with the plan and the status the real switch would get; change nothing.
     #[serde(default)]
     dry_run: bool,
     /// `"drained"`: answer once the old colour has drained or its deadline passed.
@@ -50,25 +58,34 @@ struct SwitchBody {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RollbackBody {
+    /// Refuse with 409 unless routing is still at this generation.
     expect_generation: Option<u64>,
 }
 
 /// `GET /status`, also the body of a successful switch or rollback.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
+    /// The colour that gets traffic now.
     pub live: Color,
+    /// The colour a rollback would return to; `None` before the first switch.
     pub previous: Option<Color>,
+    /// The routing generation: send it back as `expect_generation` so that a change
+    /// made meanwhile is not overwritten.
     pub generation: u64,
     /// Set on switch/rollback: false when the target was already live.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changed: Option<bool>,
+    /// Both pools: role, counts, recent windows, and backends.
     pub pools: Pools,
+    /// What happened to the state file at start-up.
     pub state: StateView,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Pools {
+    /// The blue pool's status; [`Pools::of`] picks one by colour.
     pub blue: PoolStatus,
+    /// The green pool's status.
     pub green: PoolStatus,
 }
 
@@ -85,6 +102,7 @@ impl Pools {
 pub struct PoolStatus {
     /// `live`, `draining` (switched away from, not yet drained) or `idle`.
     pub role: String,
+    /// Requests to this pool in flight now: what a drain waits for.
     pub in_flight: usize,
     /// Open upgraded connections (WebSocket, …).
     pub tunnels: usize,
@@ -92,21 +110,29 @@ pub struct PoolStatus {
     pub closed_by_drain: u64,
     /// RFC 3339 times, while draining.
     pub draining_since: Option<String>,
+    /// When the drain closes the tunnels still open.
     pub drain_deadline: Option<String>,
     /// Requests/s, error rate and latency over the last 10 s and 60 s.
     pub window_10s: Window,
+    /// The same over the last minute (its `seconds` says exactly how long).
     pub window_60s: Window,
+    /// Backends getting traffic now: healthy and not ejected.
     pub healthy: usize,
+    /// Backends configured in the pool.
     pub total: usize,
+    /// One entry per backend, in config order.
     pub backends: Vec<BackendStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct BackendStatus {
+    /// The backend's `host:port` as configured.
     pub address: String,
     /// Gets traffic: healthy by checks and not ejected.
     pub healthy: bool,
+    /// Out of rotation for a cool-off after consecutive failures.
     pub ejected: bool,
+    /// Requests to this backend in flight now.
     pub in_flight: usize,
     /// The last failed check, if any.
     pub problem: Option<String>,
@@ -114,8 +140,11 @@ pub struct BackendStatus {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StateView {
+    /// The state file; `None` when routing is kept in memory only.
     pub file: Option<PathBuf>,
+    /// The live colour came from the state file rather than `routing.live`.
     pub restored: bool,
+    /// Why an existing state file was ignored at start-up.
     pub error: Option<String>,
 }
 

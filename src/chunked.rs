@@ -15,9 +15,12 @@ const MAX_TRAILERS: usize = 64 * 1024;
 /// on where the body ends.
 #[derive(Debug, Default)]
 pub struct Chunked {
+    /// Where in the chunked syntax the next byte falls.
     state: ChunkState,
     /// Bytes of the current chunk's data still to come; digits while reading a size.
     size: u64,
+    /// Hex digits of the chunk size read so far: a size line needs at least one, and
+    /// more than 16 would not fit in `size`.
     digits: u8,
     /// Trailer bytes so far.
     trailer: usize,

@@ -8,13 +8,20 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 /// The open client connections: each holds a [`Watch`], so the count is theirs, and
 /// cancelling the token asks them all to finish.
 pub struct Connections {
+    /// Each [`Watch`] holds a receiver of it: `receiver_count` is the number of open
+    /// connections and `closed` resolves once the last one is gone.
     tx: watch::Sender<()>,
+    /// Cancelled by `shutdown`; every [`Watch`] holds a clone, so one call tells all
+    /// connections to finish.
     stop: CancellationToken,
 }
 
 /// What one connection holds: it is counted while this lives and told when to finish.
 pub struct Watch {
+    /// Held, never read: while it lives, [`Connections`] counts this connection.
     _counted: watch::Receiver<()>,
+    /// The shared shutdown token: cancelled when the connection should finish after its
+    /// current response.
     stop: CancellationToken,
 }
 

@@ -19,13 +19,20 @@ use crate::health::GateReport;
 pub enum CtlError {
     #[error("cannot reach cutover at {path}: {source}; is it running? (pass --socket PATH)")]
     Connect {
+        /// The admin socket that could not be reached (`--socket`).
         path: PathBuf,
+        /// Why connecting failed: usually nothing listens there, or no permission.
         source: std::io::Error,
     },
     #[error("admin connection failed: {0}")]
     Http(#[from] hyper::Error),
     #[error("refused ({status}): {message}")]
-    Refused { status: StatusCode, message: String },
+    Refused {
+        /// The admin API's error status (4xx or 5xx).
+        status: StatusCode,
+        /// The `error` text of the JSON answer, or the raw body when it has none.
+        message: String,
+    },
     #[error("unexpected answer from the admin socket: {0}")]
     Decode(String),
 }

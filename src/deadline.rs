@@ -10,7 +10,11 @@ use tokio::time::{Instant, Sleep};
 /// time. So a request costs no timer update, where resetting a tokio `Sleep` per
 /// request re-registers it in the timer wheel each time.
 pub struct Deadline {
+    /// The armed timer. It may fire before `at` when the deadline was moved later;
+    /// `reached` then re-arms it.
     sleep: Pin<Box<Sleep>>,
+    /// When the deadline is really due; `set` only records it unless it is earlier than
+    /// the armed timer.
     at: Instant,
 }
 

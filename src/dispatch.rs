@@ -38,6 +38,7 @@ pub struct Proxy {
 
 /// The client end of a connection, as each request on it needs it.
 pub struct Peer {
+    /// The client's address and port, for log lines and the access log.
     pub addr: SocketAddr,
     /// `addr`'s IP as an X-Forwarded-For entry, formatted once per connection.
     pub forwarded_for: HeaderValue,

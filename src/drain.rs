@@ -45,7 +45,11 @@ pub struct Tracker {
 struct ColorDrain {
     /// Bumped on every begin/abort, so a stale drain task knows to stop.
     epoch: u64,
+    /// When the current drain began, for status; `None` when the colour is not
+    /// draining.
     since: Option<SystemTime>,
+    /// When the colour's remaining tunnels are cancelled: monotonic for the drain task
+    /// and `wait_drained`, wall clock for status. `None` when not draining.
     deadline: Option<(Instant, SystemTime)>,
     /// Cancelled at the deadline; every tunnel of the colour listens on it.
     cancel: CancellationToken,
@@ -54,17 +58,29 @@ struct ColorDrain {
 /// What status shows about one colour.
 #[derive(Debug, Clone)]
 pub struct DrainView {
+    /// Requests of the colour in flight now.
     pub in_flight: usize,
+    /// Upgraded connections of the colour open now.
     pub tunnels: usize,
+    /// Tunnels of the colour closed because a drain deadline passed, since start.
     pub closed_by_drain: u64,
+    /// When the current drain began; `None` when the colour is not draining, which is
+    /// how admin tells `draining` from `idle`.
     pub draining_since: Option<SystemTime>,
+    /// When the current drain cancels the colour's tunnels still open; `None` when not
+    /// draining.
     pub deadline: Option<SystemTime>,
 }
 
 /// One request in flight to one backend of one colour.
 pub struct InFlight {
+    /// Where the counts live: dropping the guard takes the request off its colour's
+    /// count and records its telemetry and access log line.
     tracker: Arc<Tracker>,
+    /// The colour the request was routed to: which counts and metrics series it is in.
     color: Color,
+    /// Counts the request against its backend until the guard drops; it is also the
+    /// backend the request is sent to.
     backend: BackendGuard,
     /// When routing decided; `None` when nothing records durations.
     started: Option<Instant>,
@@ -81,15 +97,23 @@ pub struct InFlight {
 
 /// The request half of an access log line, captured only when the log is on.
 pub struct AccessEntry {
+    /// The request method, the log line's `method`.
     pub method: http::Method,
+    /// The path and query the client asked for, the log line's `target`.
     pub target: String,
+    /// The client's address and port, the log line's `peer`.
     pub peer: std::net::SocketAddr,
 }
 
 /// One open tunnel; the token is cancelled at its colour's drain deadline.
 pub struct Tunnel {
+    /// Whose open-tunnel count this tunnel is in; dropping the guard decrements it.
     tracker: Arc<Tracker>,
+    /// The colour the tunnel was routed to: which count it is in and whose drain
+    /// deadline ends it.
     color: Color,
+    /// Cancelled at the colour's drain deadline, or when shutdown outlasts its grace;
+    /// the tunnel's copy loop stops on it.
     pub cancel: CancellationToken,
 }
 

@@ -11,30 +11,46 @@ use crate::rules::blame::Fault;
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("no healthy backend in the {color} pool")]
-    NoBackend { color: Color },
+    NoBackend {
+        /// The colour routed to, whose pool had no available backend.
+        color: Color,
+    },
     #[error("backend {backend} ({color}) refused or could not be reached: {cause}")]
     Connect {
+        /// The backend's `host:port`, for the log line; the client's answer never names
+        /// it.
         backend: String,
+        /// The colour the request was routed to.
         color: Color,
+        /// The connect error (refused, timed out, ...), as text.
         cause: String,
     },
     #[error("backend {backend} ({color}) failed before sending a response: {cause}")]
     Upstream {
+        /// The backend's `host:port`, for the log line.
         backend: String,
+        /// The colour the request was routed to.
         color: Color,
+        /// The transport or protocol error, as text.
         cause: String,
     },
     #[error("backend {backend} ({color}) sent no response headers within {after:?}")]
     Timeout {
+        /// The backend's `host:port`, for the log line.
         backend: String,
+        /// The colour the request was routed to.
         color: Color,
+        /// The response timeout that passed (`upstream.response_timeout`).
         after: Duration,
     },
     /// The client's request body broke off or was malformed while it was being sent on.
     #[error("the client's request body to {backend} ({color}) was malformed or cut short: {cause}")]
     ClientBody {
+        /// The backend the body was being sent to, for the log line.
         backend: String,
+        /// The colour the request was routed to.
         color: Color,
+        /// What went wrong with the client's body, as text.
         cause: String,
     },
 }
@@ -76,7 +92,12 @@ pub enum SwitchError {
         "generation is {actual}, not the expected {expected}: someone else changed routing; \
          read /status and retry with the current generation"
     )]
-    StaleGeneration { expected: u64, actual: u64 },
+    StaleGeneration {
+        /// The generation the caller passed as `expect_generation`.
+        expected: u64,
+        /// The current generation, to retry with after reading `/status`.
+        actual: u64,
+    },
     #[error("nothing to roll back to: no switch has happened since this state began")]
     NoPrevious,
     #[error(
@@ -84,12 +105,16 @@ pub enum SwitchError {
         .report.summary()
     )]
     Gate {
+        /// The colour the switch asked for.
         to: Color,
+        /// The gate's verdict per backend; the admin API sends it as the 409's `gate`.
         report: crate::health::GateReport,
     },
     #[error("could not persist the new state to {path}: {source}; routing is unchanged")]
     Persist {
+        /// The state file that could not be written.
         path: String,
+        /// The I/O error; routing was left unchanged.
         source: std::io::Error,
     },
 }
@@ -103,8 +128,11 @@ pub enum AdminError {
     NotFound(String),
     #[error("{method} is not allowed on {path}; use {allow}")]
     MethodNotAllowed {
+        /// The method the request used.
         method: String,
+        /// The endpoint it was sent to.
         path: String,
+        /// The one method the endpoint takes; also the 405's `Allow` header.
         allow: &'static str,
     },
     #[error("request body is larger than {0} bytes")]

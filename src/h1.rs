@@ -36,9 +36,13 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client request head the relay forwards itself.
 pub struct Request<'h, 'b> {
+    /// The method as sent: decides whether the request may be retried, whether the
+    /// answer has a body (HEAD), and the access log's `method`.
     pub method: &'b str,
     /// Origin-form (starts with `/`).
     pub target: &'b str,
+    /// The head's fields in order; routing reads them, and the plan's bit masks
+    /// (`skip`) index into them.
     pub headers: &'h [Header<'b>],
     /// Bytes of the head, including the empty line.
     pub head_len: usize,
@@ -74,12 +78,18 @@ pub enum Decline {
 
 /// A backend's response head, as the relay needs it.
 pub struct Response<'h, 'b> {
+    /// The status, written into the client's status line and recorded on the request.
     pub code: u16,
+    /// The reason phrase, passed on to the client unchanged.
     pub reason: &'b [u8],
+    /// The head's fields in order; the plan's bit masks index into them.
     pub headers: &'h [Header<'b>],
+    /// Bytes of the head, including the empty line: where the body starts in the bytes
+    /// read from the backend.
     pub head_len: usize,
     /// The rulebook's verdict: framing, reuse, which fields go.
     pub plan: response::Plan,
+    /// The bytes the head was parsed from, for copying kept fields as they are.
     buf: &'b [u8],
     /// Every line ends in CRLF, so kept fields can be copied as they are.
     crlf: bool,

@@ -1,6 +1,6 @@
 //! Hyper's side of the rulebook: a `HeaderMap` as field lines for the
-//! [`rules`](crate::rules), the rulebook's added fields written into a `HeaderMap`, and the
-//! client's request body wrapped so that its failure is known as the client's.
+//! [`rules`](crate::rules), the rulebook's added fields written into a `HeaderMap`, and
+//! the client's request body wrapped so that its failure is known as the client's.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -60,8 +60,12 @@ pub fn forwarded(
 
 /// Writes the rulebook's added fields into a header map.
 pub struct MapSink<'m> {
+    /// The forwarded request's headers; each finished field is appended to it.
     map: &'m mut HeaderMap,
+    /// The field being written, from `begin`: a lowercase static name, so it becomes a
+    /// `HeaderName` without parsing.
     name: &'static str,
+    /// The field's value so far, its parts joined; cleared and reused for each field.
     value: Vec<u8>,
     /// The value is one part, `value` not used: it can be taken without copying when
     /// it is one of ours.

@@ -25,17 +25,23 @@ use crate::pool::{Backend, Pool};
 /// The gate's verdict on one pool.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GateReport {
+    /// `ready >= required`: a switch to the pool may go ahead without `force`.
     pub passed: bool,
     /// Backends that count (healthy, verified, warm).
     pub ready: usize,
     /// Backends needed.
     pub required: usize,
+    /// Each backend's verdict in pool order, so a refusal names the ones that are not
+    /// ready.
     pub backends: Vec<GateBackend>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GateBackend {
+    /// The backend's `host:port` as configured.
     pub address: String,
+    /// It counts toward `required`: healthy, verified by `rise` checks, not ejected,
+    /// and warm.
     pub ready: bool,
     /// Why it does not count, when it does not.
     #[serde(skip_serializing_if = "Option::is_none")]

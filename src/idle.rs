@@ -27,6 +27,8 @@ pub struct IdleConns {
 
 #[derive(Debug)]
 pub(crate) struct Idle<C> {
+    /// The connection itself; dropping the entry (a stale one, or on `clear`) closes
+    /// it.
     pub(crate) conn: C,
     /// The sweep count when it went idle.
     pub(crate) sweep: u64,

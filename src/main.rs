@@ -23,6 +23,7 @@ use cutover::server::Server;
     about = "Blue-green traffic-switching reverse proxy"
 )]
 struct Cli {
+    /// What to do.
     #[command(subcommand)]
     command: Command,
 }
@@ -31,11 +32,13 @@ struct Cli {
 enum Command {
     /// Run the proxy. Without --config, runs the embedded demo (two in-process backends).
     Run {
+        /// The config file (TOML); without it the embedded demo runs.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Validate a config file and exit (0 when valid).
     Check {
+        /// The config file to validate.
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -47,6 +50,7 @@ enum Command {
         /// Print the server's JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The admin call to make.
         #[command(subcommand)]
         command: CtlCommand,
     },
@@ -60,6 +64,7 @@ enum CtlCommand {
     Top,
     /// Send all traffic to COLOUR.
     Switch {
+        /// The colour to make live: blue or green.
         color: Color,
         /// Refuse unless the routing generation is still this (see `status`).
         #[arg(long)]
@@ -76,6 +81,7 @@ enum CtlCommand {
     },
     /// Go back to the colour that was live before the last change.
     Rollback {
+        /// Refuse unless the routing generation is still this (see `status`).
         #[arg(long)]
         expect_generation: Option<u64>,
     },

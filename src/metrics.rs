@@ -42,6 +42,7 @@ const DURATION_HELP: &str =
 pub struct DurationHistogram {
     /// Per bucket (not cumulative); the last one is +Inf.
     buckets: [AtomicU64; DURATION_BUCKETS_US.len() + 1],
+    /// Sum of every recorded duration, in ns; rendered as `_sum` in seconds.
     sum_ns: AtomicU64,
 }
 
@@ -60,7 +61,9 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// What `/metrics` shows of one colour's in-flight work, read when it is scraped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ColorCounts {
+    /// Requests of the colour in flight, for `cutover_in_flight_requests`.
     pub in_flight: usize,
+    /// Open upgraded connections of the colour, for `cutover_open_tunnels`.
     pub tunnels: usize,
     /// Tunnels closed because a drain deadline passed.
     pub closed_by_drain: u64,
@@ -70,16 +73,30 @@ pub struct ColorCounts {
 pub struct Telemetry {
     /// False turns per-request recording off (`metrics.enabled = false`).
     enabled: bool,
+    /// This server's own Prometheus recorder (none is installed globally): the counters
+    /// are registered on it up front, and the state gauges set on it at each scrape.
     recorder: PrometheusRecorder,
+    /// Renders the recorder's series as Prometheus text for `/metrics`.
     handle: PrometheusHandle,
+    /// `cutover_requests_total` by colour, then status class 1xx to 5xx: registered
+    /// once, so counting a request is one atomic add.
     requests: [[Counter; 5]; 2],
+    /// `cutover_request_duration_seconds` per colour, rendered after the recorder's
+    /// text.
     duration: [DurationHistogram; 2],
+    /// `cutover_upstream_errors_total` by colour, then [`ErrorKind`].
     upstream_errors: [[Counter; 4]; 2],
+    /// `cutover_switches_total` by kind (switch, rollback), then whether it was forced.
     switches: [[Counter; 2]; 2],
     /// Requests refused by the rulebook (the client's fault), by reason.
     refused: [Counter; REASONS.len()],
+    /// The per-colour windows (last 10 s, last 60 s) that `/status` shows; fed by
+    /// `finish`.
     pub stats: Stats,
+    /// The access log writer, when `[access_log]` is set; a request's
+    /// [`InFlight`](crate::drain::InFlight) writes its line on drop.
     pub access_log: Option<AccessLog>,
+    /// `cutover_access_log_dropped_total`: lines dropped because the writer was behind.
     access_dropped: Counter,
 }
 

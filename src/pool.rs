@@ -25,13 +25,13 @@ pub struct Backend {
     /// True once `rise` consecutive checks passed (or when there are no checks): only
     /// verified backends count for the cutover gate.
     verified: AtomicBool,
-    /// When the backend last became healthy, as ms since [`epoch`]; for `warmup`.
+    /// When the backend last became healthy, as [`epoch_ms`] time; for `warmup`.
     healthy_since_ms: AtomicU64,
     /// Why the last check failed ("refused", "timeout", "status 500"); for the 409 body.
     last_problem: Mutex<Option<String>>,
     /// Consecutive connect failures / 5xx seen by the proxy, for passive ejection.
     failures: AtomicU32,
-    /// Ejected until this many ms since [`epoch`]; 0 = not ejected.
+    /// Ejected until this [`epoch_ms`] time; 0 = not ejected.
     ejected_until_ms: AtomicU64,
     /// How many times this backend has been ejected (cool-off grows with it).
     ejections: AtomicU32,
@@ -44,6 +44,8 @@ pub struct Backend {
 /// Pool-wide ejection bookkeeping.
 #[derive(Debug)]
 pub struct EjectionState {
+    /// The pool's `[ejection]` settings: the failure run that ejects, the base
+    /// cool-off, and the cap on how much of the pool may be out.
     policy: EjectionConfig,
     /// Backends of the pool ejected right now.
     ejected: AtomicUsize,
@@ -54,6 +56,8 @@ pub struct EjectionState {
 /// The backends of one colour.
 #[derive(Debug)]
 pub struct Pool {
+    /// In config order; `pick` rotates over them. Each is an `Arc`, so a pool rebuilt
+    /// with the same address keeps that backend's health and counts.
     pub backends: Vec<Arc<Backend>>,
     /// Round-robin cursor; relaxed, a lost increment only skews the rotation.
     cursor: AtomicUsize,

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 pub struct Rewind {
     /// Read again first.
     pub read: Bytes,
+    /// The client's socket: read from once `read` is used up, and written to directly.
     pub inner: TcpStream,
 }
 

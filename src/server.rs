@@ -28,10 +28,15 @@ use crate::upstream::Upstreams;
 
 /// A proxy with its listeners bound, ready to [`run`](Server::run).
 pub struct Server {
+    /// The bound client listener; `run` accepts on it.
     proxy_listener: TcpListener,
+    /// The bound admin socket; `run` serves it until shutdown.
     admin_listener: UnixListener,
+    /// Where the admin socket is: logged at start, removed when the server stops.
     admin_path: PathBuf,
+    /// The data path's shared context, handed to every client connection.
     proxy: Arc<Proxy>,
+    /// The admin API, served on the admin socket and on the metrics listener.
     admin: Arc<Admin>,
     /// Connection settings for client connections (HTTP/1 + h2c).
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
@@ -59,7 +64,9 @@ pub enum StartError {
     AccessLog(io::Error),
     #[error("backend address {address} is not usable: {source}")]
     Backend {
+        /// The pool's configured backends, comma-separated.
         address: String,
+        /// Why one of them is not a valid URI authority.
         source: http::uri::InvalidUri,
     },
 }

@@ -25,33 +25,49 @@ const SHARDS: usize = 2;
 const MAX_MICROS: u64 = 100_000_000;
 
 pub struct Stats {
+    /// One ring per colour, indexed by [`Color::index`].
     colors: [Ring; 2],
 }
 
 struct Ring {
+    /// One slot per second of the last minute; second `s` lands on slot `s % 60` and
+    /// reuses it.
     slots: Box<[Slot]>,
 }
 
 struct Slot {
     /// The second (since the process epoch) this slot currently counts.
     second: AtomicU64,
+    /// Requests that finished in this second, errors included.
     requests: AtomicU64,
     /// 5xx answers and upstream errors.
     errors: AtomicU64,
+    /// Latencies in µs, in a few histograms sharded by thread so that writers seldom
+    /// wait on one lock; a reader merges them.
     latency: [Mutex<Histogram<u32>>; SHARDS],
 }
 
 /// One colour over one window.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Window {
+    /// How long the window is, in seconds: the length asked for, clamped to 1..=59 by
+    /// [`Stats::window`].
     pub seconds: u64,
+    /// Requests that finished in the window, errors included.
     pub requests: u64,
+    /// Of those, the ones answered with a 5xx or broken off by the backend.
     pub errors: u64,
+    /// `requests` over the time the window really covers: its whole seconds plus the
+    /// elapsed part of the current one.
     pub requests_per_second: f64,
     /// errors / requests, 0 when there were none.
     pub error_rate: f64,
+    /// Median latency in ms, from routing to the end of the response body (2
+    /// significant digits); 0 when nothing finished.
     pub p50_ms: f64,
+    /// 90th percentile latency in ms, measured as `p50_ms` is.
     pub p90_ms: f64,
+    /// 99th percentile latency in ms, measured as `p50_ms` is.
     pub p99_ms: f64,
 }
 

@@ -21,8 +21,12 @@ use crate::snapshot::Snapshot;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PersistedState {
+    /// The colour that gets all traffic.
     pub live: Color,
+    /// The colour a rollback returns to; `None` before the first switch.
     pub previous: Option<Color>,
+    /// The routing generation, kept so that callers' compare-and-swap still holds
+    /// across a restart.
     pub generation: u64,
 }
 
@@ -47,8 +51,11 @@ pub struct Caller {
 /// The outcome of an accepted change.
 #[derive(Debug, Clone, Copy)]
 pub struct Change {
+    /// The colour that was live before the call.
     pub from: Color,
+    /// The colour live after it.
     pub to: Color,
+    /// The generation after the call; unchanged when `changed` is false.
     pub generation: u64,
     /// False when the target was already live: nothing was swapped or persisted.
     pub changed: bool,
@@ -57,20 +64,28 @@ pub struct Change {
 /// What a switch would do, without doing it (`dry_run`), or what it did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// The colour live now, which would drain if `to` is another.
     pub from: Color,
+    /// The colour that would become live.
     pub to: Color,
+    /// The generation after the switch; the current one when `to` is already live.
     pub generation: u64,
     /// The gate verdict on the target pool.
     pub gate: GateReport,
     /// Requests and tunnels of the current live colour that would drain.
     pub drain_in_flight: usize,
+    /// The live colour's open tunnels that would drain; any still open at the drain
+    /// deadline are closed.
     pub drain_tunnels: usize,
 }
 
 /// A switch request as the admin API received it.
 #[derive(Debug, Clone, Copy)]
 pub struct SwitchRequest {
+    /// The colour to make live.
     pub to: Color,
+    /// The generation the caller last saw: the switch is refused if routing changed
+    /// since. `None` skips the check.
     pub expect_generation: Option<u64>,
     /// Skip the gate (logged as forced).
     pub force: bool,
@@ -85,6 +100,7 @@ pub struct Switchboard {
     state_file: Option<PathBuf>,
     /// Serialises writers: compare, persist and swap happen as one step.
     write: Mutex<()>,
+    /// What happened to the state file at start-up; shown on `/status`.
     report: StateReport,
 }
 

@@ -1,8 +1,8 @@
 //! Keep-alive HTTP/1.1 connections to backends.
 //!
-//! Each [`Backend`] keeps its own idle connections ([`IdleConns`](crate::idle::IdleConns), lock-free queues):
-//! plain sockets for the [`relay`](crate::relay), hyper senders for requests hyper
-//! serves.
+//! Each [`Backend`] keeps its own idle connections
+//! ([`IdleConns`](crate::idle::IdleConns), lock-free queues): plain sockets for the
+//! [`relay`](crate::relay), hyper senders for requests hyper serves.
 //! A request takes one, skipping any the backend has closed, or opens a new one; once
 //! the response body has been read to its end the connection goes back. A body cut
 //! short, an error or an upgrade closes it instead. A sweep closes connections idle
@@ -43,7 +43,12 @@ pub struct Upstreams {
     /// Where the pools (and so the backends and their idle connections) are found for
     /// sweeps and resets.
     snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The `[upstream]` settings: `connect_timeout` bounds each connect,
+    /// `max_idle_per_backend` caps what `put_back` keeps, `idle_timeout` paces the
+    /// sweep.
     config: UpstreamConfig,
+    /// Hyper's HTTP/1 client settings, used for every new backend connection (vectored
+    /// writes off).
     builder: http1::Builder,
     /// Sweeps done so far.
     sweeps: AtomicU64,

@@ -16,7 +16,9 @@ mod validate;
 /// A validated configuration; every field has been checked.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where clients connect, and how long they have to send a request head.
     pub listen: ListenConfig,
+    /// The admin socket `cutover ctl` talks to, and its file mode.
     pub admin: AdminConfig,
     /// Where the live colour and generation are persisted; `None` keeps them in memory only.
     pub state_file: Option<PathBuf>,
@@ -24,6 +26,7 @@ pub struct Config {
     pub pools: [PoolConfig; 2],
     /// The colour that is live on the very first start (afterwards the state file wins).
     pub initial_live: Color,
+    /// Timeouts and idle-connection limits for the connections to backends.
     pub upstream: UpstreamConfig,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
     pub shutdown_grace: Duration,
@@ -31,6 +34,8 @@ pub struct Config {
     pub workers: usize,
     /// After a switch, how long the old colour's upgraded tunnels may stay open.
     pub drain_timeout: Duration,
+    /// Whether requests are recorded for metrics, and the optional TCP endpoint for
+    /// scrapes.
     pub metrics: MetricsConfig,
     /// Where the access log goes (`-` = stdout); `None` = no access log.
     pub access_log: Option<PathBuf>,
@@ -50,6 +55,8 @@ pub struct MetricsConfig {
 
 #[derive(Debug, Clone)]
 pub struct ListenConfig {
+    /// The TCP address clients connect to; port 0 picks a free port (see
+    /// [`Server::proxy_addr`](crate::server::Server::proxy_addr)).
     pub address: SocketAddr,
     /// Time a client has to send a whole request head (slowloris guard).
     pub header_timeout: Duration,
@@ -57,6 +64,7 @@ pub struct ListenConfig {
 
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
+    /// Path of the Unix socket the admin API listens on; removed when the server stops.
     pub socket: PathBuf,
     /// File mode of the socket; 0600 by default so only the owner can switch traffic.
     pub mode: u32,
@@ -72,6 +80,8 @@ pub struct PoolConfig {
     pub warmup: Duration,
     /// Active checks; `None` = no probing (backends count as healthy unless ejected).
     pub health: Option<HealthConfig>,
+    /// Passive ejection: when a failing backend is taken out of rotation, and for how
+    /// long.
     pub ejection: EjectionConfig,
 }
 
@@ -80,7 +90,10 @@ pub struct PoolConfig {
 pub struct HealthConfig {
     /// Path probed with GET, e.g. `/healthz`.
     pub path: String,
+    /// Time from one check of a backend to the next (default 2 s).
     pub interval: Duration,
+    /// Time one check may take, connect included, before it counts as failed (default 1
+    /// s).
     pub timeout: Duration,
     /// Inclusive range of statuses that count as healthy.
     pub expect_status: (u16, u16),
@@ -113,11 +126,15 @@ impl Default for EjectionConfig {
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
+    /// Time a TCP connect to a backend may take before the request gets a 502 (default
+    /// 2 s).
     pub connect_timeout: Duration,
     /// Time a backend has to send response headers before the client gets 504.
     pub response_timeout: Duration,
     /// Idle pooled connections to a backend are closed after this long.
     pub idle_timeout: Duration,
+    /// Most idle keep-alive connections kept per backend, both kinds together; one more
+    /// is closed instead (default 256).
     pub max_idle_per_backend: usize,
 }
 
@@ -126,14 +143,24 @@ pub struct UpstreamConfig {
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
     Read {
+        /// The file that could not be read.
         path: PathBuf,
+        /// Why reading it failed.
         source: std::io::Error,
     },
     #[error("config {path} is not valid TOML for cutover: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file that is not valid TOML for cutover.
+        path: PathBuf,
+        /// The TOML parser's message, naming the line and the key (an unknown key
+        /// included).
+        message: String,
+    },
     #[error("config {path} is invalid:\n{}", Problems(.problems))]
     Invalid {
+        /// The file whose values are invalid.
         path: PathBuf,
+        /// Every invalid key found, not just the first, each with how to fix it.
         problems: Vec<Problem>,
     },
 }
@@ -143,6 +170,7 @@ pub enum ConfigError {
 pub struct Problem {
     /// Dotted path of the key, e.g. `pools.green.backends[1]`.
     pub key: String,
+    /// What is wrong with the value and what to write instead.
     pub message: String,
 }
 

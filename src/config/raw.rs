@@ -9,27 +9,43 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
+    /// `[listen]` (required): the client address and head timeout.
     pub(super) listen: RawListen,
+    /// `[admin]` (required): the admin socket.
     pub(super) admin: RawAdmin,
+    /// `[state]`: where routing changes are persisted; absent keeps them in memory
+    /// only.
     #[serde(default)]
     pub(super) state: Option<RawState>,
+    /// `[pools.blue]` and `[pools.green]`, keyed by name so that validation can name an
+    /// unknown colour or a missing one.
     pub(super) pools: BTreeMap<String, RawPool>,
+    /// `[routing]` (required): the colour live on first start, and the colour header.
     pub(super) routing: RawRouting,
+    /// `[upstream]`: timeouts and idle limits of backend connections.
     #[serde(default)]
     pub(super) upstream: RawUpstream,
+    /// `[shutdown]`: the grace period for in-flight requests.
     #[serde(default)]
     pub(super) shutdown: RawShutdown,
+    /// `[runtime]`: worker threads.
     #[serde(default)]
     pub(super) runtime: RawRuntime,
+    /// `[drain]`: how long tunnels outlive a switch.
     #[serde(default)]
     pub(super) drain: RawDrain,
+    /// `[metrics]`: per-request recording and the TCP scrape endpoint.
     #[serde(default)]
     pub(super) metrics: RawMetrics,
+    /// `[access_log]`: absent means no access log.
     pub(super) access_log: Option<RawAccessLog>,
+    /// `[limits]`: the rulebook's limits on heads.
     #[serde(default)]
     pub(super) limits: RawLimits,
+    /// `[http]`: what happens to field names with `_`.
     #[serde(default)]
     pub(super) http: RawHttp,
+    /// `[forwarded]`: the peers whose X-Forwarded-For is extended.
     #[serde(default)]
     pub(super) forwarded: RawForwarded,
 }
@@ -37,21 +53,29 @@ pub(super) struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimits {
+    /// Bytes, 1024 to 1 MiB (default 32 KiB); a larger request head gets 431.
     pub(super) max_request_head: Option<usize>,
+    /// Fields per request head, 1 to 128 (default 100); more get 431.
     pub(super) max_headers: Option<usize>,
+    /// Bytes of a request target, 16 to 1 MiB (default 8 KiB); a longer one gets 414.
     pub(super) max_uri: Option<usize>,
+    /// Bytes, 1024 to 1 MiB (default 64 KiB); a larger response head is a 502.
     pub(super) max_response_head: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
+    /// `"drop"` (default), `"reject"` (400) or `"allow"`: what happens to a request
+    /// field whose name has `_`.
     pub(super) headers_with_underscores: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawForwarded {
+    /// Address ranges (`10.0.0.0/8`, or a bare address) whose X-Forwarded-For is
+    /// extended rather than replaced.
     #[serde(default)]
     pub(super) trusted: Vec<String>,
 }
@@ -59,30 +83,41 @@ pub(super) struct RawForwarded {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawListen {
+    /// `IP:port` the proxy listens on.
     pub(super) address: String,
+    /// Duration a client has to send a whole request head (default `10s`).
     pub(super) header_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
+    /// Path of the admin Unix socket; must not be empty.
     pub(super) socket: PathBuf,
+    /// File mode of the socket, as an octal literal such as `0o600` (the default).
     pub(super) mode: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawState {
+    /// The file routing changes are written to and restored from at start-up.
     pub(super) file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPool {
+    /// `host:port` of each backend: at least one, and no address twice across the
+    /// pools.
     pub(super) backends: Vec<String>,
+    /// Ready backends a switch to this pool needs, 1 to the pool's size (default: all).
     pub(super) min_healthy: Option<usize>,
+    /// Duration a backend must have been healthy to count for the gate (default 0).
     pub(super) warmup: Option<String>,
+    /// `[pools.X.health]`: active checks; absent means none.
     pub(super) health: Option<RawHealth>,
+    /// `[pools.X.ejection]`: passive ejection, defaults when absent.
     #[serde(default)]
     pub(super) ejection: RawEjection,
 }
@@ -90,32 +125,46 @@ pub(super) struct RawPool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHealth {
+    /// Path probed with GET (default `/`).
     pub(super) path: Option<String>,
+    /// Duration between checks of a backend (default `2s`).
     pub(super) interval: Option<String>,
+    /// Duration one check may take (default `1s`).
     pub(super) timeout: Option<String>,
+    /// Status or inclusive range that counts as healthy, `"204"` or `"200-399"` (the
+    /// default).
     pub(super) expect_status: Option<String>,
+    /// Consecutive successes that bring a backend up (default 2, at least 1).
     pub(super) rise: Option<u32>,
+    /// Consecutive failures that take it down (default 3, at least 1).
     pub(super) fall: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEjection {
+    /// Failures in a row that eject a backend (default 5; 0 turns ejection off).
     pub(super) consecutive_failures: Option<u32>,
+    /// Duration of the first cool-off (default `10s`); later ones are longer.
     pub(super) base_time: Option<String>,
+    /// Most of the pool, in percent, ejected at once (default 50, at most 100).
     pub(super) max_percent: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDrain {
+    /// Duration the old colour's tunnels may stay open after a switch (default `30s`).
     pub(super) timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRouting {
+    /// `"blue"` or `"green"`: the colour live on first start (the state file wins
+    /// afterwards).
     pub(super) live: String,
+    /// Add `x-cutover-color` to responses (default off).
     #[serde(default)]
     pub(super) color_header: bool,
 }
@@ -123,33 +172,42 @@ pub(super) struct RawRouting {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMetrics {
+    /// Per-request recording (default on).
     pub(super) enabled: Option<bool>,
+    /// `IP:port` to also serve `GET /metrics` on, for Prometheus.
     pub(super) listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAccessLog {
+    /// File the access log is appended to; `-` is standard output.
     pub(super) path: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
+    /// Duration a connect to a backend may take (default `2s`).
     pub(super) connect_timeout: Option<String>,
+    /// Duration a backend has to send its response head (default `30s`).
     pub(super) response_timeout: Option<String>,
+    /// Duration an idle keep-alive connection is kept (default `90s`).
     pub(super) idle_timeout: Option<String>,
+    /// Idle keep-alive connections kept per backend (default 256).
     pub(super) max_idle_per_backend: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRuntime {
+    /// Worker threads, 1 to 1024 (default one per core).
     pub(super) workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawShutdown {
+    /// Duration in-flight requests get after SIGTERM (default `30s`).
     pub(super) grace: Option<String>,
 }

@@ -19,6 +19,7 @@ use crate::idle::Sender;
 /// in-flight guard until it ends) or a short local error text.
 pub enum ProxyBody {
     Upstream {
+        /// The backend's response body, passed to the client frame by frame.
         body: Incoming,
         /// Released as soon as the body ends, fails, or the client goes away (drop).
         in_flight: Option<InFlight>,

@@ -35,8 +35,14 @@ enum Failure {
 
 /// What the client is sent of a response head.
 struct Head {
+    /// The backend's status: recorded on the request, and a 5xx counts toward the
+    /// backend's passive ejection.
     code: u16,
+    /// How the body is delimited: the relay copies it by this, and `Close` ends the
+    /// client connection after it.
     framing: Framing,
+    /// The backend socket may be reused after the body: the response allows it and all
+    /// of the request was sent.
     keep_alive: bool,
 }
 

@@ -105,6 +105,8 @@ const HEAD_SIZE: usize = 4 * 1024;
 /// while the larger buffer for backend bytes waits in [`body::spare`] until the next
 /// request.
 struct Conn {
+    /// The client's socket: requests are read from it and answers written to it; hyper
+    /// takes it over when a request is declined.
     client: TcpStream,
     /// Bytes from the client not yet handled (the next request may already be here).
     buf: BytesMut,
@@ -112,11 +114,16 @@ struct Conn {
     up: BytesMut,
     /// The next bytes to write: a request for the backend, then a response head.
     out: Vec<u8>,
+    /// The client as each request needs it: for log lines and the added `X-Forwarded-*`
+    /// fields, and handed to hyper with the connection.
     peer: Peer,
 }
 
 /// A routed request, its bytes in `Conn::out`, waiting for its backend.
 struct Exchange {
+    /// Counts the request against its colour and backend until its last bytes are
+    /// written; names the backend to send to and carries the status and byte count for
+    /// the metrics and the access log.
     in_flight: InFlight,
     /// May be sent again on a fresh connection if a reused one fails before any answer
     /// (RFC 9112 §9.3.1.1).
@@ -131,6 +138,7 @@ enum Next {
     Request(Exchange),
     /// Answered locally (no healthy backend).
     Answered {
+        /// The answer was written and the connection stays open: read the next request.
         keep_alive: bool,
     },
     Decline(h1::Decline),
@@ -183,6 +191,8 @@ enum Buffered {
     Request(Exchange),
     /// Answered locally, the answer in `out`.
     Answered {
+        /// The connection closes after the answer: the request was refused, or the
+        /// client asked to close.
         close: bool,
     },
     Decline(h1::Decline),

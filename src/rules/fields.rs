@@ -67,8 +67,11 @@ pub fn classify(name: &[u8]) -> Field {
 /// What a message's `Connection` fields say about the connection itself.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
+    /// `close` was listed: the connection ends after this message.
     pub close: bool,
+    /// `keep-alive` was listed: what keeps an HTTP/1.0 connection open.
     pub keep_alive: bool,
+    /// `upgrade` was listed; with an `Upgrade` field this makes an HTTP/1.1 upgrade.
     pub upgrade: bool,
     /// Some option names another field, which must then be removed.
     pub names_fields: bool,

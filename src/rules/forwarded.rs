@@ -17,7 +17,9 @@ use super::request::Plan;
 /// An address range, `10.0.0.0/8` or `2001:db8::/32`; a bare address is one host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
+    /// The range's address as written; only its first `prefix` bits are compared.
     net: IpAddr,
+    /// How many leading bits must match: at most 32 for IPv4, 128 for IPv6.
     prefix: u8,
 }
 

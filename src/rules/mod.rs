@@ -33,6 +33,8 @@ use forwarded::Cidr;
 /// What the rulebook is configured with (`[limits]`, `[http]`, `[forwarded]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
+    /// Size and count limits on heads, the same on every path: a request over one is
+    /// refused (414, 431), a response over one is a 502.
     pub limits: Limits,
     /// What happens to a request field whose name has `_`.
     pub underscores: Underscores,

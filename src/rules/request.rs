@@ -17,12 +17,19 @@ pub enum Version {
 /// A request head as a path parsed it.
 #[derive(Debug, Clone, Copy)]
 pub struct Head<'a> {
+    /// The method: CONNECT is refused (405), and `*` is a target only for OPTIONS; its
+    /// length counts in the head's canonical size.
     pub method: &'a str,
     /// The request target as received (HTTP/2: the `:path`).
     pub target: &'a [u8],
+    /// Decides the Host rules (one in HTTP/1.1, `:authority` in HTTP/2, optional in
+    /// HTTP/1.0), whether the connection closes by default, and whether an upgrade is
+    /// possible.
     pub version: Version,
     /// HTTP/2's `:authority`.
     pub authority: Option<&'a [u8]>,
+    /// The head's fields in order; the plan's bit masks index into them, which is why a
+    /// head may have at most [`MAX_FIELDS`](super::MAX_FIELDS).
     pub fields: &'a [Header<'a>],
 }
 
@@ -55,11 +62,14 @@ pub struct Plan<'a> {
     /// The origin-form target to forward (RFC 9112 §3.2.1); `slash` says a `/` goes
     /// before it (an absolute-form target with an empty path, e.g. `http://a?q`).
     pub path: &'a [u8],
+    /// A `/` goes before `path`: the absolute-form target had an empty path.
     pub slash: bool,
     /// The target was absolute-form (the relay leaves those to hyper).
     pub absolute: bool,
     /// A `#fragment` was cut off the target (the relay leaves those to hyper).
     pub fragment: bool,
+    /// How the request body is delimited: the relay reads a `Length` body whole and
+    /// leaves `Chunked` to hyper, and a merged Content-Length is written from it.
     pub body: Body,
     /// Several equal Content-Length fields: all are left out and one is written.
     pub merge_length: bool,
@@ -320,8 +330,12 @@ fn limits(head: &Head<'_>, limits: &Limits) -> Result<(), Reject> {
 
 /// A request target split into what is forwarded.
 struct Target<'a> {
+    /// The authority of an absolute-form target or HTTP/2's `:authority`; it becomes
+    /// the request's host.
     authority: Option<&'a [u8]>,
+    /// What is forwarded as the origin-form target: path and query, fragment cut off.
     path: &'a [u8],
+    /// The path is empty and a `/` must go before it.
     slash: bool,
 }
 

@@ -10,10 +10,14 @@ use super::fields::{self, Field, Options};
 /// A response head as a path parsed it.
 #[derive(Debug, Clone, Copy)]
 pub struct Head<'a> {
+    /// The status: 1xx, 204 and 304 have no body, and 1xx is interim.
     pub code: u16,
     /// HTTP/1.1 (else HTTP/1.0).
     pub http11: bool,
+    /// The reason phrase; counted in the head's canonical size against
+    /// `max_response_head`.
     pub reason: &'a [u8],
+    /// The head's fields in order; the plan's bit masks index into them.
     pub fields: &'a [Header<'a>],
     /// The request was HEAD: no body follows, whatever the fields say.
     pub head_request: bool,
@@ -33,6 +37,7 @@ pub enum Framing {
 /// The verdict on a response that may be forwarded.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
+    /// How the body is delimited: what each path reads and copies the body by.
     pub framing: Framing,
     /// The backend keeps the connection open afterwards.
     pub keep_alive: bool,
