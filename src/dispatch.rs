@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use crate::config::UpstreamConfig;
+use crate::connections::Timeouts;
 use crate::drain::{AccessEntry, InFlight, Tracker};
 use crate::error::ProxyError;
 use crate::headers;
@@ -32,6 +33,9 @@ pub struct Proxy {
     pub(crate) response_timeout: Duration,
     /// Whether responses carry `x-cutover-color`.
     pub(crate) color_header: bool,
+    /// How long a client may take over a head, a body or sitting idle; hyper's path
+    /// paces request bodies by it.
+    pub(crate) timeouts: Timeouts,
     /// The rulebook's settings: limits, `_` in names, trusted forwarders.
     pub(crate) policy: Policy,
 }
@@ -77,11 +81,13 @@ impl Proxy {
         upstream: &UpstreamConfig,
         color_header: bool,
         policy: Policy,
+        timeouts: Timeouts,
     ) -> Proxy {
         Proxy {
             snapshot,
             tracker,
             response_timeout: upstream.response_timeout,
+            timeouts,
             color_header,
             policy,
         }

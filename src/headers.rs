@@ -4,6 +4,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::future::Future;
 use std::io::Write;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -14,6 +15,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+use crate::connections::Timeouts;
 
 use crate::rules::forwarded::{self, Client, Sink};
 use crate::rules::request::Plan;
@@ -135,9 +139,21 @@ pub enum ClientBody {
         body: Incoming,
         /// Told when the body has been read to its end: the response timer starts then.
         sent: Option<oneshot::Sender<()>>,
+        /// The body's deadline: no long pause, no trickle ([`Timeouts::body_deadline`]).
+        pace: Pace,
     },
     /// No body (also what a retry sends again).
     Empty,
+}
+
+/// Keeps a streamed request body to [`Timeouts::body_deadline`].
+pub struct Pace {
+    timeouts: Timeouts,
+    /// When the body began; set on the first poll.
+    start: Option<Instant>,
+    received: u64,
+    /// Armed on the first poll that has to wait.
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 /// Arms `req`'s body to say when it has been sent on; `None` when it has no body.
@@ -155,28 +171,46 @@ pub fn signal_sent(
     (req, rx)
 }
 
-/// The client's request body failed.
+/// The client's request body failed: it broke, or it was too slow.
 #[derive(Debug)]
-pub struct ClientBodyError(hyper::Error);
+pub enum ClientBodyError {
+    Broken(hyper::Error),
+    TimedOut,
+}
 
 impl fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "client request body: {}", self.0)
+        match self {
+            ClientBodyError::Broken(e) => write!(f, "client request body: {e}"),
+            ClientBodyError::TimedOut => f.write_str("client request body: too slow"),
+        }
     }
 }
 
 impl StdError for ClientBodyError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(&self.0)
+        match self {
+            ClientBodyError::Broken(e) => Some(e),
+            ClientBodyError::TimedOut => None,
+        }
     }
 }
 
 impl ClientBody {
-    pub fn new(body: Incoming) -> ClientBody {
+    pub fn new(body: Incoming, timeouts: Timeouts) -> ClientBody {
         if body.is_end_stream() {
             ClientBody::Empty
         } else {
-            ClientBody::Streaming { body, sent: None }
+            ClientBody::Streaming {
+                body,
+                sent: None,
+                pace: Pace {
+                    timeouts,
+                    start: None,
+                    received: 0,
+                    sleep: None,
+                },
+            }
         }
     }
 }
@@ -190,17 +224,36 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            ClientBody::Streaming { body, sent } => {
+            ClientBody::Streaming { body, sent, pace } => {
+                let now = Instant::now();
+                let start = *pace.start.get_or_insert(now);
                 let frame = Pin::new(&mut *body).poll_frame(cx);
                 let ended = match &frame {
                     Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
-                    _ => false,
+                    Poll::Ready(Some(Ok(f))) => {
+                        pace.received += f.data_ref().map_or(0, |d| d.len() as u64);
+                        let at = pace.timeouts.body_deadline(start, now, pace.received);
+                        if let Some(sleep) = pace.sleep.as_mut() {
+                            sleep.as_mut().reset(at);
+                        }
+                        body.is_end_stream()
+                    }
+                    Poll::Ready(Some(Err(_))) => false,
+                    Poll::Pending => {
+                        let at = pace.timeouts.body_deadline(start, now, pace.received);
+                        let sleep = pace
+                            .sleep
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                        if sleep.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Some(Err(ClientBodyError::TimedOut)));
+                        }
+                        false
+                    }
                 };
                 if ended && let Some(sent) = sent.take() {
                     let _ = sent.send(());
                 }
-                frame.map(|f| f.map(|r| r.map_err(ClientBodyError)))
+                frame.map(|f| f.map(|r| r.map_err(ClientBodyError::Broken)))
             }
             ClientBody::Empty => Poll::Ready(None),
         }

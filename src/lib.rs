@@ -67,3 +67,4 @@ pub mod snapshot;
 pub mod stats;
 pub mod switchboard;
 pub mod upstream;
+pub mod write_timeout;

@@ -13,13 +13,14 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::ListenConfig;
-use crate::connections::{Connections, Watch};
+use crate::connections::{Connections, Timeouts, Watch};
 use crate::dispatch::{Peer, Proxy};
 use crate::relay;
 use crate::rules::Limits;
@@ -48,30 +49,67 @@ pub fn connection_builder(config: &ListenConfig, limits: &Limits) -> auto::Build
     builder
 }
 
+/// File descriptors kept free of client connections: the admin socket and its
+/// clients, health checks, the metrics listener, files.
+const RESERVED_FDS: u64 = 128;
+
+/// The default `limits.max_connections`: a third of the file descriptors left after
+/// the reserve, since each client connection may hold one to a backend and leave
+/// another idle in a backend's pool (HAProxy derives its maxconn the same way).
+pub fn default_max_connections() -> usize {
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    let n = soft.saturating_sub(RESERVED_FDS) / 3;
+    usize::try_from(n).unwrap_or(usize::MAX).max(16)
+}
+
 /// Accepts and serves connections until `shutdown` resolves, then returns the watcher
 /// of the still-open connections so the caller can wait for them (bounded by its grace).
+/// At most `max_connections` are open at once: one more is closed as soon as it is
+/// accepted, and counted, so the process keeps the descriptors its health checks and
+/// admin socket need.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    header_timeout: Duration,
+    timeouts: Timeouts,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Connections {
     let (tx, _) = watch::channel(());
     let stop = CancellationToken::new();
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut pressure = Episode::default();
+    let mut full = Episode::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    pressure.end("accepting connections again");
+                    conn
+                }
                 Err(e) => {
-                    accept_error(&e).await;
+                    accept_error(&e, &mut pressure).await;
                     continue;
                 }
             },
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // Closed at once: the client sees its connection end, the process keeps
+            // its descriptors.
+            drop(stream);
+            proxy.tracker.telemetry().connection_refused();
+            full.begin(|| {
+                tracing::warn!(
+                    max_connections,
+                    "connection limit reached; closing new connections until some end"
+                );
+            });
+            continue;
+        };
+        full.end("below the connection limit again");
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(peer = %peer, error = %e, "set TCP_NODELAY failed");
         }
@@ -80,8 +118,8 @@ pub async fn serve(
             Peer::new(peer, &proxy.policy),
             Arc::clone(&proxy),
             Arc::clone(&builder),
-            header_timeout,
-            Watch::new(tx.subscribe(), stop.clone()),
+            timeouts,
+            Watch::new(tx.subscribe(), stop.clone(), slot),
         );
         tokio::spawn(conn.instrument(tracing::debug_span!("conn", peer = %peer)));
     }
@@ -89,24 +127,59 @@ pub async fn serve(
     Connections::new(tx, stop)
 }
 
+/// A run of the same trouble, logged when it begins and when it ends (with how many
+/// times it happened), not at every occurrence.
+#[derive(Default)]
+struct Episode {
+    /// Occurrences since it began; 0 when there is none.
+    count: u64,
+}
+
+impl Episode {
+    fn begin(&mut self, log: impl FnOnce()) {
+        if self.count == 0 {
+            log();
+        }
+        self.count += 1;
+    }
+
+    fn end(&mut self, what: &str) {
+        if self.count > 0 {
+            tracing::info!(occurrences = self.count, "{what}");
+            self.count = 0;
+        }
+    }
+}
+
 /// Logs an accept error and waits when retrying at once would spin: out of file
-/// descriptors or memory clears only as connections close.
-async fn accept_error(e: &io::Error) {
+/// descriptors or memory clears only as connections close. Logged once per episode.
+async fn accept_error(e: &io::Error, pressure: &mut Episode) {
     let resource = matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     );
     if resource {
-        tracing::error!(error = %e, "accept failed: out of resources; pausing 100ms");
+        pressure.begin(|| {
+            tracing::error!(error = %e, "accept failed: out of resources; pausing accepts 100ms at a time");
+        });
         tokio::time::sleep(Duration::from_millis(100)).await;
     } else {
         tracing::debug!(error = %e, "accept failed");
     }
 }
 
-/// Binds the proxy listener; a clear message when the address is taken.
-pub async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))
+/// Binds the proxy listener with a listen queue of `backlog`; a clear message when the
+/// address is taken.
+pub async fn bind(address: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let listen = || {
+        let socket = if address.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        socket.listen(backlog)
+    };
+    listen().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))
 }

@@ -88,6 +88,8 @@ pub struct Telemetry {
     upstream_errors: [[Counter; 4]; 2],
     /// `cutover_switches_total` by kind (switch, rollback), then whether it was forced.
     switches: [[Counter; 2]; 2],
+    /// Connections closed at accept because `limits.max_connections` were open.
+    connections_refused: Counter,
     /// Requests refused by the rulebook (the client's fault), by reason.
     refused: [Counter; REASONS.len()],
     /// The per-colour windows (last 10 s, last 60 s) that `/status` shows; fed by
@@ -143,6 +145,7 @@ impl Telemetry {
             })
         });
         let access_dropped = counter("cutover_access_log_dropped_total", &[]);
+        let connections_refused = counter("cutover_connections_refused_total", &[]);
         let refused =
             REASONS.map(|reason| counter("cutover_requests_refused_total", &[("reason", reason)]));
         let handle = recorder.handle();
@@ -155,6 +158,7 @@ impl Telemetry {
             upstream_errors,
             switches,
             refused,
+            connections_refused,
             stats: Stats::default(),
             access_log,
             access_dropped,
@@ -185,6 +189,12 @@ impl Telemetry {
         if self.enabled {
             self.upstream_errors[color.index()][kind as usize].increment(1);
         }
+    }
+
+    /// A connection closed at accept: the connection limit was reached. Counted even
+    /// with per-request recording off.
+    pub fn connection_refused(&self) {
+        self.connections_refused.increment(1);
     }
 
     /// A request the rulebook refused, or whose body the client broke: counted here
@@ -282,7 +292,13 @@ impl DurationHistogram {
 }
 
 fn describe(r: &PrometheusRecorder) {
-    let help: [(&str, Option<Unit>, &str, bool); 13] = [
+    let help: [(&str, Option<Unit>, &str, bool); 14] = [
+        (
+            "cutover_connections_refused_total",
+            None,
+            "Client connections closed as soon as accepted because limits.max_connections were open.",
+            true,
+        ),
         (
             "cutover_requests_refused_total",
             None,

@@ -16,6 +16,7 @@ use crate::access_log::AccessLog;
 use crate::admin::{self, Admin};
 use crate::color::Color;
 use crate::config::Config;
+use crate::connections::Timeouts;
 use crate::drain::Tracker;
 use crate::health;
 use crate::listener;
@@ -40,9 +41,11 @@ pub struct Server {
     admin: Arc<Admin>,
     /// Connection settings for client connections (HTTP/1 + h2c).
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
-    /// How long a client may take to send a whole request head (also the keep-alive
-    /// idle limit, as with hyper).
-    header_timeout: Duration,
+    /// How long a client connection may take over a head, a body, or sitting idle.
+    timeouts: Timeouts,
+    /// Open client connections at most (`limits.max_connections`, or derived from the
+    /// file descriptor limit).
+    max_connections: usize,
     /// How long in-flight requests get after shutdown starts.
     grace: Duration,
     /// For closing tunnels at the drain deadline on shutdown.
@@ -101,12 +104,19 @@ impl Server {
         };
         let telemetry = Arc::new(Telemetry::new(config.metrics.enabled, access_log));
         let tracker = Arc::new(Tracker::new(config.drain_timeout, upstreams, telemetry));
+        let timeouts = Timeouts {
+            header: config.listen.header_timeout,
+            idle: config.listen.idle_timeout,
+            body: config.listen.body_timeout,
+            write: config.listen.write_timeout,
+        };
         let proxy = Arc::new(Proxy::new(
             Arc::clone(&snapshot),
             Arc::clone(&tracker),
             &config.upstream,
             config.color_header,
             config.policy.clone(),
+            timeouts,
         ));
         let switchboard = Arc::new(Switchboard::new(
             snapshot,
@@ -119,11 +129,15 @@ impl Server {
             tracker: Arc::clone(&tracker),
         });
 
-        let proxy_listener = listener::bind(config.listen.address)
+        let proxy_listener = listener::bind(config.listen.address, config.listen.backlog)
             .await
             .map_err(StartError::Listen)?;
         let metrics_listener = match config.metrics.listen {
-            Some(addr) => Some(listener::bind(addr).await.map_err(StartError::Listen)?),
+            Some(addr) => Some(
+                listener::bind(addr, 128)
+                    .await
+                    .map_err(StartError::Listen)?,
+            ),
             None => None,
         };
         let admin_listener = admin::bind(&config.admin.socket, config.admin.mode)
@@ -139,7 +153,11 @@ impl Server {
                 &config.listen,
                 &config.policy.limits,
             )),
-            header_timeout: config.listen.header_timeout,
+            timeouts,
+            max_connections: config
+                .listen
+                .max_connections
+                .unwrap_or_else(listener::default_max_connections),
             grace: config.shutdown_grace,
             tracker,
             pools,
@@ -189,7 +207,8 @@ impl Server {
             self.proxy_listener,
             self.proxy,
             self.builder,
-            self.header_timeout,
+            self.timeouts,
+            self.max_connections,
             shutdown,
         )
         .await;

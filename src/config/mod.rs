@@ -58,8 +58,22 @@ pub struct ListenConfig {
     /// The TCP address clients connect to; port 0 picks a free port (see
     /// [`Server::proxy_addr`](crate::server::Server::proxy_addr)).
     pub address: SocketAddr,
-    /// Time a client has to send a whole request head (slowloris guard).
+    /// Time a client has to send a whole request head, from its first byte (slowloris
+    /// guard).
     pub header_timeout: Duration,
+    /// Connections the kernel queues before cutover accepts them: a burst beyond it
+    /// costs each extra client a one-second SYN retry.
+    pub backlog: u32,
+    /// Open client connections at most; more are closed at once and counted. `None`:
+    /// derived from the file descriptor limit when the listener starts.
+    pub max_connections: Option<usize>,
+    /// How long a keep-alive connection may sit between requests (HTTP/1) or with no
+    /// open stream (HTTP/2) before it is closed.
+    pub idle_timeout: Duration,
+    /// The longest pause in a request body; past it a body must also average 1 KiB/s.
+    pub body_timeout: Duration,
+    /// The longest a write to a client may wait for it to read.
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +238,11 @@ impl Config {
             listen: ListenConfig {
                 address: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 header_timeout: DEFAULT_HEADER_TIMEOUT,
+                backlog: DEFAULT_BACKLOG,
+                max_connections: None,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                body_timeout: DEFAULT_BODY_TIMEOUT,
+                write_timeout: DEFAULT_WRITE_TIMEOUT,
             },
             admin: AdminConfig {
                 socket: PathBuf::from("cutover.sock"),
@@ -313,6 +332,10 @@ fn short_lines(message: &str) -> String {
         .join("\n")
 }
 
+pub(super) const DEFAULT_BACKLOG: u32 = 1024;
+pub(super) const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const DEFAULT_SOCKET_MODE: u32 = 0o600;
 pub(super) const DEFAULT_GRACE: Duration = Duration::from_secs(30);

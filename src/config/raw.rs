@@ -61,6 +61,10 @@ pub(super) struct RawLimits {
     pub(super) max_uri: Option<usize>,
     /// Bytes, 1024 to 1 MiB (default 64 KiB); a larger response head is a 502.
     pub(super) max_response_head: Option<usize>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) idle_timeout: Option<String>,
+    pub(super) body_timeout: Option<String>,
+    pub(super) write_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +91,7 @@ pub(super) struct RawListen {
     pub(super) address: String,
     /// Duration a client has to send a whole request head (default `10s`).
     pub(super) header_timeout: Option<String>,
+    pub(super) backlog: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

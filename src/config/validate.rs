@@ -122,10 +122,49 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
     }
 
     let policy = policy(&raw.limits, &raw.http, &raw.forwarded, problems);
+    let backlog = raw.listen.backlog.unwrap_or(DEFAULT_BACKLOG);
+    if !(1..=65535).contains(&backlog) {
+        problem(
+            problems,
+            "listen.backlog",
+            format!(
+                "{backlog} is out of range; use 1 to 65535 (the kernel caps it at net.core.somaxconn)"
+            ),
+        );
+    }
+    if raw.limits.max_connections == Some(0) {
+        problem(
+            problems,
+            "limits.max_connections",
+            "must be at least 1 (leave it out to derive it from the file descriptor limit)".into(),
+        );
+    }
+    let idle_timeout = duration(
+        problems,
+        "limits.idle_timeout",
+        raw.limits.idle_timeout.clone(),
+        DEFAULT_IDLE_TIMEOUT,
+    );
+    let body_timeout = duration(
+        problems,
+        "limits.body_timeout",
+        raw.limits.body_timeout.clone(),
+        DEFAULT_BODY_TIMEOUT,
+    );
     Some(Config {
         listen: ListenConfig {
             address: address.ok()?,
             header_timeout,
+            backlog,
+            max_connections: raw.limits.max_connections,
+            idle_timeout,
+            body_timeout,
+            write_timeout: duration(
+                problems,
+                "limits.write_timeout",
+                raw.limits.write_timeout.clone(),
+                DEFAULT_WRITE_TIMEOUT,
+            ),
         },
         admin: AdminConfig {
             socket: raw.admin.socket,

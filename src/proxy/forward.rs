@@ -169,13 +169,13 @@ impl Sent {
             }
             Ok(Err(e)) => {
                 let (backend, cause) = (in_flight.backend().address.clone(), error_chain(&e));
-                let (err, kind) = if client_body_failed(&e) {
+                let (err, kind) = if let Some(reject) = client_body_failed(&e) {
                     let err = ProxyError::ClientBody {
                         backend,
                         color,
                         cause,
                     };
-                    return client_failed(&mut in_flight, err, peer);
+                    return client_failed(&mut in_flight, reject, err, peer);
                 } else if matches!(
                     e,
                     UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_)
@@ -280,13 +280,14 @@ fn bad_response(
 /// against no backend, and the connection closes after it.
 fn client_failed(
     in_flight: &mut InFlight,
+    reject: Reject,
     err: ProxyError,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     tracing::debug!(peer = %peer, error = %err, "request body refused");
-    in_flight.tracker().telemetry().refused(Reject::Body);
-    in_flight.status = err.status().as_u16();
-    refused_response(Reject::Body)
+    in_flight.tracker().telemetry().refused(reject);
+    in_flight.status = reject.status().as_u16();
+    refused_response(reject)
 }
 
 /// The rulebook's answer to a refused request; the connection closes after it (the
@@ -322,17 +323,20 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// Whether an upstream failure was the client's body failing.
-pub fn client_body_failed(e: &UpstreamError) -> bool {
+/// Whether an upstream failure was the client's body failing, and how.
+fn client_body_failed(e: &UpstreamError) -> Option<Reject> {
     let UpstreamError::Http(e) = e else {
-        return false;
+        return None;
     };
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<headers::ClientBodyError>() {
-            return true;
+        if let Some(body) = err.downcast_ref::<headers::ClientBodyError>() {
+            return Some(match body {
+                headers::ClientBodyError::TimedOut => Reject::Timeout,
+                headers::ClientBodyError::Broken(_) => Reject::Body,
+            });
         }
         cur = err.source();
     }
-    false
+    None
 }

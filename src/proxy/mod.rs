@@ -135,7 +135,7 @@ impl Proxy {
         );
         Ok(Sent {
             in_flight,
-            req: Request::from_parts(parts, ClientBody::new(body)),
+            req: Request::from_parts(parts, ClientBody::new(body, self.timeouts)),
             retry,
             upgrade,
             peer,

@@ -4,7 +4,7 @@
 use std::io;
 
 use bytes::Buf;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::{Conn, READ_SIZE};
@@ -68,7 +68,7 @@ pub(super) async fn relay_body(
     c.out.extend_from_slice(&c.up[..n]);
     c.up.advance(n);
     count(&mut in_flight, n, done);
-    c.client.write_all(&c.out).await?;
+    Conn::write(&mut c.client, &c.out, c.write_timeout).await?;
     while !done {
         c.up.clear();
         c.up.reserve(4 * READ_SIZE);
@@ -88,7 +88,7 @@ pub(super) async fn relay_body(
             take(&c.up).map_err(|e| broke(&mut in_flight, ErrorKind::Protocol, e))?;
         done = complete;
         count(&mut in_flight, n, done);
-        c.client.write_all(&c.up[..n]).await?;
+        Conn::write(&mut c.client, &c.up[..n], c.write_timeout).await?;
         c.up.advance(n);
     }
     Ok(true)

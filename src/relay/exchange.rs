@@ -250,7 +250,9 @@ async fn failed(c: &mut Conn, proxy: &Proxy, ex: Exchange, failure: Failure) -> 
     drop(in_flight);
     c.out.clear();
     h1::write_local(err.status(), err.client_message(), close, &mut c.out);
-    c.client.write_all(&c.out).await.is_ok()
+    Conn::write(&mut c.client, &c.out, c.write_timeout)
+        .await
+        .is_ok()
 }
 
 /// Whether the body bytes that came with a chunked response's head are well framed so

@@ -17,7 +17,6 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use hyper::service::service_fn;
@@ -28,13 +27,15 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::connections::Watch;
+use crate::connections::{Activity, Counted, Timeouts, Watch};
 use crate::deadline::Deadline;
 use crate::dispatch::{Peer, Proxy};
 use crate::drain::InFlight;
 use crate::h1::{self, Parsed};
 use crate::rewind::Rewind;
+use crate::rules::request::Reject;
 use crate::rules::retry;
+use crate::write_timeout::WriteTimeout;
 
 mod body;
 mod exchange;
@@ -46,7 +47,7 @@ pub async fn serve(
     peer: Peer,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    header_timeout: Duration,
+    timeouts: Timeouts,
     watch: Watch,
 ) {
     let stopping = watch.stopping();
@@ -58,16 +59,21 @@ pub async fn serve(
         up: BytesMut::new(),
         out: Vec::new(),
         peer,
+        write_timeout: timeouts.write,
     };
-    let mut head_deadline = Deadline::new(header_timeout);
+    let mut head_deadline = Deadline::new(timeouts.header);
     let mut response_deadline = Deadline::new(proxy.response_timeout);
+    // A new connection has the header timeout for its first request; a kept-alive one
+    // the idle timeout until the next one begins.
+    let mut wait = timeouts.header;
     loop {
-        head_deadline.set(Instant::now() + header_timeout);
+        head_deadline.set(Instant::now() + wait);
+        wait = timeouts.idle;
         let next = next_request(
             &mut c,
             &proxy,
             &mut head_deadline,
-            header_timeout,
+            timeouts,
             stopping.as_mut(),
         );
         let mut ex = match next.await {
@@ -77,7 +83,7 @@ pub async fn serve(
             Next::Decline(why) => {
                 tracing::trace!(?why, "left to hyper");
                 // Boxed: hyper's connection is large and most connections never need it.
-                return Box::pin(hand_off(c, proxy, &builder, stopping)).await;
+                return Box::pin(hand_off(c, proxy, &builder, timeouts, stopping)).await;
             }
         };
         // The last response on this connection when the client said so or shutdown began.
@@ -94,6 +100,9 @@ pub async fn serve(
         }
     }
 }
+
+/// How long a short local answer may take to write to a client that is closing anyway.
+const WRITE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Bytes asked of the kernel per read from a backend.
 const READ_SIZE: usize = 16 * 1024;
@@ -117,6 +126,26 @@ struct Conn {
     /// The client as each request needs it: for log lines and the added `X-Forwarded-*`
     /// fields, and handed to hyper with the connection.
     peer: Peer,
+    /// How long one write to the client may take before the connection is given up.
+    write_timeout: std::time::Duration,
+}
+
+impl Conn {
+    /// Writes `bytes` to the client within the write timeout: a client that stops
+    /// reading loses its connection instead of holding it.
+    async fn write(
+        client: &mut TcpStream,
+        bytes: &[u8],
+        limit: std::time::Duration,
+    ) -> io::Result<()> {
+        match tokio::time::timeout(limit, client.write_all(bytes)).await {
+            Ok(written) => written,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for the write timeout",
+            )),
+        }
+    }
 }
 
 /// A routed request, its bytes in `Conn::out`, waiting for its backend.
@@ -146,39 +175,71 @@ enum Next {
 }
 
 /// Reads until a whole request is buffered, then routes it, picks a backend and writes
-/// the request as the backend gets it into `c.out`. The head must come within
-/// `timeout`; once it has, each read of the body gets `timeout` anew (nginx's
-/// `client_body_timeout`).
+/// the request as the backend gets it into `c.out`. Until the first byte comes the
+/// deadline is the caller's (idle, or the header timeout on a new connection); the head
+/// must then be whole within the header timeout, and the body come without a pause
+/// longer than the body timeout and at a rate that cannot trickle forever
+/// ([`Timeouts::body_deadline`]).
 async fn next_request(
     c: &mut Conn,
     proxy: &Proxy,
     deadline: &mut Deadline,
-    timeout: Duration,
+    timeouts: Timeouts,
     mut stopping: Pin<&mut WaitForCancellationFutureOwned>,
 ) -> Next {
-    let mut reading_body = false;
+    // When the body began, and how much of it has come.
+    let mut body: Option<(Instant, usize)> = None;
+    if !c.buf.is_empty() {
+        deadline.set(Instant::now() + timeouts.header);
+    }
     loop {
         match buffered_request(c, proxy) {
             Buffered::Request(ex) => return Next::Request(ex),
             Buffered::Answered { close } => {
-                let written = c.client.write_all(&c.out).await.is_ok();
+                let written = Conn::write(&mut c.client, &c.out, c.write_timeout)
+                    .await
+                    .is_ok();
                 return Next::Answered {
                     keep_alive: written && !close,
                 };
             }
             Buffered::Decline(why) => return Next::Decline(why),
-            Buffered::Head => reading_body = true,
+            Buffered::Head => {
+                if body.is_none() {
+                    let now = Instant::now();
+                    body = Some((now, c.buf.len()));
+                    deadline.set(timeouts.body_deadline(now, now, 0));
+                }
+            }
             Buffered::Partial => {}
         }
+        let was_empty = c.buf.is_empty();
         tokio::select! {
             biased;
             read = read_some(&mut c.client, &mut c.buf) => match read {
                 Ok(0) | Err(_) => return Next::Close,
-                Ok(_) if reading_body => deadline.set(Instant::now() + timeout),
-                Ok(_) => {}
+                Ok(_) => {
+                    let now = Instant::now();
+                    if let Some((start, at_head)) = body {
+                        let received = c.buf.len().saturating_sub(at_head) as u64;
+                        deadline.set(timeouts.body_deadline(start, now, received));
+                    } else if was_empty {
+                        // The head's first byte: it now has the header timeout.
+                        deadline.set(now + timeouts.header);
+                    }
+                }
             },
             () = deadline.reached() => {
                 tracing::debug!(peer = %c.peer.addr, "no complete request in time; closing");
+                if c.buf.is_empty() {
+                    // Idle: nothing to answer.
+                    return Next::Close;
+                }
+                // A head or body that came too slowly: 408, then close.
+                proxy.tracker.telemetry().refused(Reject::Timeout);
+                c.out.clear();
+                h1::write_local(Reject::Timeout.status(), Reject::Timeout.client_message(), true, &mut c.out);
+                let _ = tokio::time::timeout(WRITE_GRACE, c.client.write_all(&c.out)).await;
                 return Next::Close;
             }
             () = stopping.as_mut(), if c.buf.is_empty() => return Next::Close,
@@ -288,24 +349,57 @@ async fn hand_off(
     c: Conn,
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
-    stopping: Pin<&mut WaitForCancellationFutureOwned>,
+    timeouts: Timeouts,
+    mut stopping: Pin<&mut WaitForCancellationFutureOwned>,
 ) {
     let Conn {
         client, buf, peer, ..
     } = c;
-    let io = Rewind {
-        read: buf.freeze(),
-        inner: client,
-    };
-    let service = service_fn(move |req| proxy.forward(req, &peer));
+    let io = WriteTimeout::new(
+        Rewind {
+            read: buf.freeze(),
+            inner: client,
+        },
+        timeouts.write,
+    );
+    let activity = Arc::new(Activity::default());
+    let counted = Arc::clone(&activity);
+    let service = service_fn(move |req| {
+        let active = counted.begin();
+        let answer = proxy.forward(req, &peer);
+        async move {
+            let resp = answer.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Counted {
+                body,
+                _active: active,
+            }))
+        }
+    });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let ended = tokio::select! {
-        ended = conn.as_mut() => ended,
-        () = stopping => {
-            // HTTP/1 closes after its current response, HTTP/2 sends GOAWAY.
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let since = Instant::now();
+    let mut check = Box::pin(tokio::time::sleep(timeouts.idle));
+    let ended = loop {
+        tokio::select! {
+            ended = conn.as_mut() => break ended,
+            () = &mut stopping => {
+                // HTTP/1 closes after its current response, HTTP/2 sends GOAWAY.
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+            () = check.as_mut() => {
+                // Idle: no request open for the idle timeout (HTTP/2 with no stream,
+                // HTTP/1 between requests). Closed the way shutdown closes it.
+                match activity.idle_until(timeouts.idle, since) {
+                    Some(at) if at <= Instant::now() => {
+                        tracing::debug!("idle connection closed");
+                        conn.as_mut().graceful_shutdown();
+                        break conn.await;
+                    }
+                    Some(at) => check.as_mut().reset(at),
+                    None => check.as_mut().reset(Instant::now() + timeouts.idle),
+                }
+            }
         }
     };
     if let Err(e) = ended {

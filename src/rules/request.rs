@@ -112,10 +112,12 @@ pub enum Reject {
     Connect,
     #[error("the request body is malformed")]
     Body,
+    #[error("the request did not arrive in time")]
+    Timeout,
 }
 
 /// The `reason` label of `cutover_requests_refused_total`, by [`Reject::index`].
-pub const REASONS: [&str; 8] = [
+pub const REASONS: [&str; 9] = [
     "malformed",
     "uri_too_long",
     "head_too_large",
@@ -124,6 +126,7 @@ pub const REASONS: [&str; 8] = [
     "underscore",
     "connect",
     "body",
+    "timeout",
 ];
 
 impl Reject {
@@ -138,6 +141,7 @@ impl Reject {
             Reject::Underscore => 5,
             Reject::Connect => 6,
             Reject::Body => 7,
+            Reject::Timeout => 8,
         }
     }
 
@@ -147,6 +151,7 @@ impl Reject {
             Reject::UriTooLong => S::URI_TOO_LONG,
             Reject::TooManyFields | Reject::HeadTooLarge => S::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::Connect => S::METHOD_NOT_ALLOWED,
+            Reject::Timeout => S::REQUEST_TIMEOUT,
             _ => S::BAD_REQUEST,
         }
     }
@@ -163,6 +168,7 @@ impl Reject {
             }
             Reject::Underscore => "400 Bad Request: field names with '_' are refused\n",
             Reject::Malformed(_) | Reject::Target(_) => "400 Bad Request\n",
+            Reject::Timeout => "408 Request Timeout\n",
         }
     }
 }

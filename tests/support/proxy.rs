@@ -85,7 +85,7 @@ impl Proxy {
         Proxy::from_text(dir, &text).await
     }
 
-    async fn from_text(dir: tempfile::TempDir, text: &str) -> Proxy {
+    pub async fn from_text(dir: tempfile::TempDir, text: &str) -> Proxy {
         let config = Config::parse(text, Path::new("test.toml")).expect("test config is valid");
         let server = Server::bind(config).await.expect("proxy binds");
         let addr = server.proxy_addr().expect("proxy addr");
