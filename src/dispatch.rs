@@ -17,6 +17,7 @@ use crate::connections::Timeouts;
 use crate::drain::{AccessEntry, InFlight, Tracker};
 use crate::error::ProxyError;
 use crate::headers;
+use crate::log_limit::LogLimit;
 use crate::metrics::ErrorKind;
 use crate::rules::Policy;
 use crate::rules::forwarded::{self, Client};
@@ -112,7 +113,9 @@ impl Proxy {
                     .telemetry()
                     .finish(color, 503, false, Duration::ZERO);
                 let err = ProxyError::NoBackend { color };
-                tracing::warn!(peer = %peer, error = %err, "proxy error");
+                if let Some(suppressed) = NO_BACKEND_LOG.allow() {
+                    tracing::warn!(peer = %peer, error = %err, suppressed, "proxy error");
+                }
                 return Err(err);
             };
             self.tracker.start(color, backend)
@@ -153,6 +156,11 @@ pub(crate) fn retry_elsewhere(in_flight: &mut InFlight, cause: &dyn std::fmt::Di
     true
 }
 
+/// Budgets for the per-request failure lines: `suppressed` on a line counts those not
+/// logged since the last one.
+static NO_BACKEND_LOG: LogLimit = LogLimit::new();
+static FAILURE_LOG: LogLimit = LogLimit::new();
+
 /// What every upstream failure costs, on either path: a failure in the backend's run
 /// (passive ejection), the error counter, the request's status, a log line.
 pub(crate) fn book_failure(
@@ -167,5 +175,7 @@ pub(crate) fn book_failure(
         .telemetry()
         .upstream_error(in_flight.color(), kind);
     in_flight.status = err.status().as_u16();
-    tracing::warn!(peer = %peer, error = %err, "proxy error");
+    if let Some(suppressed) = FAILURE_LOG.allow() {
+        tracing::warn!(peer = %peer, error = %err, suppressed, "proxy error");
+    }
 }

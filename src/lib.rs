@@ -56,6 +56,7 @@ pub mod headers;
 pub mod health;
 pub mod idle;
 pub mod listener;
+pub mod log_limit;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

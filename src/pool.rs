@@ -10,6 +10,7 @@ use http::uri::Authority;
 
 use crate::config::{EjectionConfig, PoolConfig};
 use crate::idle::IdleConns;
+use crate::log_limit::LogLimit;
 
 /// One upstream server.
 #[derive(Debug)]
@@ -193,7 +194,10 @@ impl Backend {
                 (n < max).then_some(n + 1)
             });
         if reserved.is_err() {
-            tracing::warn!(backend = %self.address, max, "would eject, but the pool's ejection cap is reached");
+            static CAPPED: LogLimit = LogLimit::new();
+            if let Some(suppressed) = CAPPED.allow() {
+                tracing::warn!(backend = %self.address, max, suppressed, "would eject, but the pool's ejection cap is reached");
+            }
             return;
         }
         let times = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;

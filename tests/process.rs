@@ -194,3 +194,34 @@ async fn a_forced_switch_past_the_gate_is_audited_as_forced_and_dry_run_explains
         audit[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_outage_under_load_logs_a_bounded_number_of_lines() {
+    // Blue's only backend is down: every request fails (502), for about two seconds.
+    let dead = support::closed_port().await;
+    let green = TestBackend::start("green").await;
+    let mut proxy = start(&[dead], &[green.addr], "").await;
+    let started = Instant::now();
+    let mut failed = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let batch: Vec<_> = (0..32).map(|_| spawn_get(proxy.addr, "/")).collect();
+        for request in batch {
+            let answer = request.await.expect("request task");
+            assert_ne!(answer.status, StatusCode::OK);
+            failed += 1;
+        }
+    }
+    sigterm(&proxy.child);
+    let _ = proxy.child.wait();
+    let log = std::fs::read_to_string(&proxy.log).expect("log");
+    let lines = log.lines().count();
+    let errors = log.lines().filter(|l| l.contains("proxy error")).count();
+    assert!(failed > 500, "only {failed} requests");
+    // A few lines a second per kind of failure, not one per request.
+    assert!(
+        errors <= 40,
+        "{errors} error lines for {failed} failures:\n{log}"
+    );
+    assert!(lines <= 80, "{lines} lines for {failed} failures");
+    assert!(log.contains("suppressed"), "{log}");
+}
