@@ -289,6 +289,12 @@ impl Tracker {
         }
         self.upstreams.reset(color);
         tracing::info!(%color, "drained; idle upstream connections closed");
+        // A request stops counting just before its last bytes reach the client, and
+        // its backend connection goes back to the pool just after: close those too.
+        tokio::time::sleep(POLL * 4).await;
+        if self.lock(color).epoch == epoch {
+            self.upstreams.reset(color);
+        }
     }
 
     fn lock(&self, color: Color) -> std::sync::MutexGuard<'_, ColorDrain> {
