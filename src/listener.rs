@@ -25,6 +25,14 @@ use crate::dispatch::{Peer, Proxy};
 use crate::relay;
 use crate::rules::Limits;
 
+/// Streams one HTTP/2 connection may have open at once (RFC 9113 §5.1.2); more are
+/// refused with REFUSED_STREAM. hyper's h2 also bounds pending resets (rapid reset)
+/// and CONTINUATION frames.
+const MAX_STREAMS: u32 = 100;
+/// How often an HTTP/2 connection is pinged, and how long its answer may take.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Builds the connection builder once; cloned into nothing, shared by reference.
 /// Hyper's own head limits are set at or above the rulebook's, which judges every head
 /// by the same measure on every path; hyper's only catch what it would buffer beyond.
@@ -42,6 +50,11 @@ pub fn connection_builder(config: &ListenConfig, limits: &Limits) -> auto::Build
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        // Pings find a peer that vanished without closing (the idle timeout only
+        // closes connections with no stream open).
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         // RFC 9113 §6.5.2 counts 32 bytes per field on top of name and value.
         .max_header_list_size(
             u32::try_from(limits.max_request_head + 32 * limits.max_headers).unwrap_or(u32::MAX),
