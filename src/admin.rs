@@ -108,6 +108,8 @@ pub struct PoolStatus {
     pub tunnels: usize,
     /// Tunnels closed because a drain deadline passed, since start.
     pub closed_by_drain: u64,
+    /// Requests closed because a drain deadline passed, since start.
+    pub requests_closed_by_drain: u64,
     /// RFC 3339 times, while draining.
     pub draining_since: Option<String>,
     /// When the drain closes the tunnels still open.
@@ -291,6 +293,7 @@ impl Admin {
             in_flight: drain.in_flight,
             tunnels: drain.tunnels,
             closed_by_drain: drain.closed_by_drain,
+            requests_closed_by_drain: drain.requests_closed_by_drain,
             draining_since: drain.draining_since.map(rfc3339),
             drain_deadline: drain.deadline.map(rfc3339),
             window_10s: self.tracker.telemetry().stats.window(color, 10),

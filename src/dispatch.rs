@@ -34,6 +34,8 @@ pub struct Proxy {
     pub(crate) response_timeout: Duration,
     /// Whether responses carry `x-cutover-color`.
     pub(crate) color_header: bool,
+    /// Limit on a backend's pause in the middle of a response body.
+    pub(crate) read_timeout: Duration,
     /// How long a client may take over a head, a body or sitting idle; hyper's path
     /// paces request bodies by it.
     pub(crate) timeouts: Timeouts,
@@ -88,6 +90,7 @@ impl Proxy {
             snapshot,
             tracker,
             response_timeout: upstream.response_timeout,
+            read_timeout: upstream.read_timeout,
             timeouts,
             color_header,
             policy,

@@ -31,6 +31,13 @@ pub struct Tracker {
     tunnels: [AtomicUsize; 2],
     /// Tunnels closed because a drain deadline passed.
     closed_by_drain: [AtomicU64; 2],
+    /// Bumped when a colour's drain deadline passes with requests still in flight:
+    /// each of those requests sees its colour's count differ from the one it started
+    /// with and ends at its next chance (a body read, or a one-second check while it
+    /// waits).
+    cuts: [AtomicU64; 2],
+    /// Requests closed that way, per colour.
+    requests_closed_by_drain: [AtomicU64; 2],
     /// Drain bookkeeping; touched on switches and tunnel opens, never per request.
     drains: [Mutex<ColorDrain>; 2],
     /// How long tunnels may outlive a switch away from their colour.
@@ -64,6 +71,8 @@ pub struct DrainView {
     pub tunnels: usize,
     /// Tunnels of the colour closed because a drain deadline passed, since start.
     pub closed_by_drain: u64,
+    /// Requests of the colour closed because a drain deadline passed, since start.
+    pub requests_closed_by_drain: u64,
     /// When the current drain began; `None` when the colour is not draining, which is
     /// how admin tells `draining` from `idle`.
     pub draining_since: Option<SystemTime>,
@@ -74,6 +83,9 @@ pub struct DrainView {
 
 /// One request in flight to one backend of one colour.
 pub struct InFlight {
+    /// Its colour's cut count when it started: a different one now means the drain
+    /// deadline passed and the request is to end.
+    cut: u64,
     /// Where the counts live: dropping the guard takes the request off its colour's
     /// count and records its telemetry and access log line.
     tracker: Arc<Tracker>,
@@ -126,6 +138,8 @@ impl Tracker {
             in_flight: Default::default(),
             tunnels: Default::default(),
             closed_by_drain: Default::default(),
+            cuts: Default::default(),
+            requests_closed_by_drain: Default::default(),
             drains: Default::default(),
             timeout,
             upstreams,
@@ -154,6 +168,7 @@ impl Tracker {
         self.in_flight[color.index()].fetch_add(1, Ordering::Relaxed);
         let timed = self.telemetry.enabled() || self.telemetry.access_log.is_some();
         InFlight {
+            cut: self.cuts[color.index()].load(Ordering::Relaxed),
             tracker: Arc::clone(self),
             color,
             backend: backend.track(),
@@ -182,6 +197,8 @@ impl Tracker {
             in_flight: self.in_flight(color),
             tunnels: self.tunnels(color),
             closed_by_drain: self.closed_by_drain[color.index()].load(Ordering::Relaxed),
+            requests_closed_by_drain: self.requests_closed_by_drain[color.index()]
+                .load(Ordering::Relaxed),
             draining_since: d.since,
             deadline: d.deadline.map(|(_, wall)| wall),
         }
@@ -193,6 +210,8 @@ impl Tracker {
             in_flight: self.in_flight(color),
             tunnels: self.tunnels(color),
             closed_by_drain: self.closed_by_drain[color.index()].load(Ordering::Relaxed),
+            requests_closed_by_drain: self.requests_closed_by_drain[color.index()]
+                .load(Ordering::Relaxed),
         })
     }
 
@@ -269,9 +288,10 @@ impl Tracker {
             }
             if !deadline_passed && Instant::now() >= deadline {
                 deadline_passed = true;
-                if tunnels > 0 {
-                    tracing::info!(%color, tunnels, requests, "drain deadline: closing the remaining tunnels");
+                if tunnels > 0 || requests > 0 {
+                    tracing::info!(%color, tunnels, requests, "drain deadline: closing the remaining requests and tunnels");
                     cancel.cancel();
+                    self.cuts[color.index()].fetch_add(1, Ordering::Relaxed);
                 }
             }
             tokio::time::sleep(POLL).await;
@@ -314,6 +334,18 @@ impl InFlight {
 
     pub fn backend(&self) -> &Arc<Backend> {
         self.backend.backend()
+    }
+
+    /// Its colour's drain deadline passed while it ran: it is to end now.
+    pub fn is_cut(&self) -> bool {
+        self.tracker.cuts[self.color.index()].load(Ordering::Relaxed) != self.cut
+    }
+
+    /// It was ended at its colour's drain deadline: counted as such, never against
+    /// the backend.
+    pub fn closed_by_drain(&mut self) {
+        self.tracker.requests_closed_by_drain[self.color.index()].fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(color = %self.color, backend = %self.backend().address, "request closed at the drain deadline");
     }
 
     /// The request goes to `backend` instead (its first one could not be reached): it

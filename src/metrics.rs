@@ -67,6 +67,8 @@ pub struct ColorCounts {
     pub tunnels: usize,
     /// Tunnels closed because a drain deadline passed.
     pub closed_by_drain: u64,
+    /// Requests closed because a drain deadline passed.
+    pub requests_closed_by_drain: u64,
 }
 
 /// Everything the data path records into, and what `/metrics` renders.
@@ -229,6 +231,9 @@ impl Telemetry {
             self.recorder
                 .register_counter(&key("cutover_tunnels_closed_by_drain_total", c), &META)
                 .absolute(view.closed_by_drain);
+            self.recorder
+                .register_counter(&key("cutover_requests_closed_by_drain_total", c), &META)
+                .absolute(view.requests_closed_by_drain);
             for backend in &snapshot.pool(color).backends {
                 let labels = vec![
                     Label::new("color", color.as_str()),
@@ -292,7 +297,13 @@ impl DurationHistogram {
 }
 
 fn describe(r: &PrometheusRecorder) {
-    let help: [(&str, Option<Unit>, &str, bool); 14] = [
+    let help: [(&str, Option<Unit>, &str, bool); 15] = [
+        (
+            "cutover_requests_closed_by_drain_total",
+            None,
+            "Requests still running on a colour when its drain deadline passed, closed then, by colour.",
+            true,
+        ),
         (
             "cutover_connections_refused_total",
             None,

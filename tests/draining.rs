@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use support::{Proxy, TestBackend, get, spawn_get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_slow_requests_in_flight_on_blue_at_a_switch_all_complete_from_blue_while_new_requests_go_to_green()
@@ -124,4 +125,57 @@ async fn ctl_switch_wait_returns_once_blues_in_flight_count_reaches_zero_and_sho
     );
     assert_eq!(counts.first(), Some(&3), "{stdout}");
     assert!(stdout.contains("blue drained"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_streaming_response_is_closed_at_the_drain_deadline_and_blue_goes_idle() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(&[blue.addr], &[green.addr], "[drain]\ntimeout = \"1s\"").await;
+    // One on the relay, one over h2c: each gets a head and a first chunk, then waits.
+    let mut relay = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    relay
+        .write_all(b"GET /drip HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let (mut h2, _conn) = support::h2c(proxy.addr).await;
+    let req = http::Request::get("http://app.example/drip")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let resp = h2.send_request(req).await.expect("h2 head");
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    let mut h2_body = resp.into_body();
+    proxy
+        .wait_until("two requests in flight on blue", |s| {
+            s["pools"]["blue"]["in_flight"] == 2
+        })
+        .await;
+    proxy.switch("green").await;
+    let status = proxy
+        .wait_until("blue drained", |s| s["pools"]["blue"]["role"] == "idle")
+        .await;
+    assert_eq!(status["pools"]["blue"]["in_flight"], 0);
+    assert_eq!(status["pools"]["blue"]["requests_closed_by_drain"], 2);
+    // Both clients see their response end early: the relay's connection closes, the
+    // h2 stream is reset.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), relay.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the relay's client connection stayed open");
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        use http_body_util::BodyExt;
+        loop {
+            match h2_body.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => break true,
+                None => break false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended.ok(), Some(true), "the h2 stream did not end in error");
+    // Blue's backend connections were not kept.
+    support::eventually("blue's connections closed", || blue.open_conns() == 0).await;
+    assert_eq!(get(proxy.addr, "/").await.text(), "green");
 }

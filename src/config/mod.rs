@@ -140,6 +140,8 @@ impl Default for EjectionConfig {
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
+    /// The longest a backend may pause in the middle of a response body.
+    pub read_timeout: Duration,
     /// Time a TCP connect to a backend may take before the request gets a 502 (default
     /// 2 s).
     pub connect_timeout: Duration,
@@ -344,6 +346,7 @@ pub(super) const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
+            read_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),

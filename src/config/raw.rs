@@ -193,6 +193,7 @@ pub(super) struct RawAccessLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
+    pub(super) read_timeout: Option<String>,
     /// Duration a connect to a backend may take (default `2s`).
     pub(super) connect_timeout: Option<String>,
     /// Duration a backend has to send its response head (default `30s`).

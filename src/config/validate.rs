@@ -86,6 +86,12 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
     let d = UpstreamConfig::default();
     let u = raw.upstream;
     let upstream = UpstreamConfig {
+        read_timeout: duration(
+            problems,
+            "upstream.read_timeout",
+            u.read_timeout,
+            d.read_timeout,
+        ),
         connect_timeout: duration(
             problems,
             "upstream.connect_timeout",

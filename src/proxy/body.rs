@@ -2,14 +2,17 @@
 //! holds the request's in-flight guard until it ends and hands the connection back for
 //! reuse, or a short local text.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
 use http::header::{self, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use super::forward::http_error_kind;
 use crate::drain::InFlight;
@@ -25,9 +28,20 @@ pub enum ProxyBody {
         in_flight: Option<InFlight>,
         /// The backend connection, handed back for reuse once the body has ended.
         conn: Option<Sender>,
+        /// While the body waits on its backend: when the wait began, and a timer that
+        /// checks each second for the drain deadline and the read timeout.
+        waiting: Option<(Instant, Pin<Box<Sleep>>)>,
+        /// The longest the backend may pause mid-body.
+        read_timeout: Duration,
     },
     Local(Option<Bytes>),
 }
+
+/// What ends a response body on hyper's path besides the backend's own error.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How often a body that waits on its backend checks for its colour's drain deadline.
+const CUT_CHECK: Duration = Duration::from_secs(1);
 
 pub fn local_response(status: http::StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::Local(Some(Bytes::from_static(text.as_bytes()))));
@@ -43,17 +57,19 @@ pub fn local_response(status: http::StatusCode, text: &'static str) -> Response<
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Upstream {
                 body,
                 in_flight,
                 conn,
+                waiting,
+                read_timeout,
             } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
                 if let (Poll::Ready(Some(Ok(f))), Some(guard)) = (&frame, in_flight.as_mut())
@@ -69,8 +85,19 @@ impl Body for ProxyBody {
                         }
                         Some(false)
                     }
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream().then_some(true),
-                    Poll::Pending => None,
+                    Poll::Ready(Some(Ok(_))) => {
+                        *waiting = None;
+                        body.is_end_stream().then_some(true)
+                    }
+                    Poll::Pending => {
+                        if let Some(end) = stalled(in_flight, waiting, *read_timeout, cx) {
+                            // The connection goes with the body: not reused.
+                            conn.take();
+                            in_flight.take();
+                            return Poll::Ready(Some(Err(end)));
+                        }
+                        None
+                    }
                 };
                 if let Some(complete) = done {
                     let conn = conn.take();
@@ -78,8 +105,16 @@ impl Body for ProxyBody {
                         guard.tracker().upstreams().put_back(guard.backend(), conn);
                     }
                     in_flight.take();
+                } else if in_flight.as_ref().is_some_and(InFlight::is_cut) {
+                    // Streaming on past its colour's drain deadline.
+                    if let Some(guard) = in_flight.as_mut() {
+                        guard.closed_by_drain();
+                    }
+                    conn.take();
+                    in_flight.take();
+                    return Poll::Ready(Some(Err("closed at its colour's drain deadline".into())));
                 }
-                frame
+                frame.map(|f| f.map(|r| r.map_err(BoxError::from)))
             }
             ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
@@ -109,6 +144,7 @@ impl Drop for ProxyBody {
             body,
             in_flight: Some(guard),
             conn: conn @ Some(_),
+            ..
         } = self
             && body.is_end_stream()
             && let Some(conn) = conn.take()
@@ -116,4 +152,37 @@ impl Drop for ProxyBody {
             guard.tracker().upstreams().put_back(guard.backend(), conn);
         }
     }
+}
+
+/// A body waiting on its backend: the error that ends it when its colour's drain
+/// deadline has passed or the backend paused past `read_timeout`; else arms the
+/// once-a-second check and returns `None`.
+fn stalled(
+    in_flight: &mut Option<InFlight>,
+    waiting: &mut Option<(Instant, Pin<Box<Sleep>>)>,
+    read_timeout: Duration,
+    cx: &mut Context<'_>,
+) -> Option<BoxError> {
+    let (since, tick) = waiting.get_or_insert_with(|| {
+        let now = Instant::now();
+        (
+            now,
+            Box::pin(tokio::time::sleep_until(now + CUT_CHECK.min(read_timeout))),
+        )
+    });
+    while tick.as_mut().poll(cx).is_ready() {
+        if let Some(guard) = in_flight.as_mut() {
+            if guard.is_cut() {
+                guard.closed_by_drain();
+                return Some("closed at its colour's drain deadline".into());
+            }
+            if since.elapsed() >= read_timeout {
+                guard.broke(crate::metrics::ErrorKind::Timeout);
+                return Some("the backend's body stalled past the read timeout".into());
+            }
+        }
+        let next = Instant::now() + CUT_CHECK.min(read_timeout);
+        tick.as_mut().reset(next);
+    }
+    None
 }

@@ -134,6 +134,7 @@ impl Sent {
         timeout: Duration,
         color_header: bool,
         limits: Limits,
+        read_timeout: Duration,
     ) -> Response<ProxyBody> {
         let Sent {
             mut in_flight,
@@ -231,6 +232,8 @@ impl Sent {
                 body,
                 in_flight: Some(in_flight),
                 conn: Some(conn),
+                waiting: None,
+                read_timeout,
             },
         )
     }

@@ -41,10 +41,13 @@ impl Proxy {
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + use<> {
         let sent = self.send(req, peer);
         let (timeout, color_header) = (self.response_timeout, self.color_header);
-        let limits = self.policy.limits;
+        let (limits, read_timeout) = (self.policy.limits, self.read_timeout);
         async move {
             Ok(match sent {
-                Ok(sent) => sent.response(timeout, color_header, limits).await,
+                Ok(sent) => {
+                    sent.response(timeout, color_header, limits, read_timeout)
+                        .await
+                }
                 Err(NotSent::Failed(err)) => local_response(err.status(), err.client_message()),
                 Err(NotSent::Refused(reject)) => refused_response(reject),
             })

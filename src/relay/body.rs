@@ -2,6 +2,9 @@
 //! spare buffers that hold backend bytes between requests.
 
 use std::io;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Buf;
 use tokio::io::AsyncReadExt;
@@ -9,6 +12,7 @@ use tokio::net::TcpStream;
 
 use super::{Conn, READ_SIZE};
 use crate::chunked::Chunked;
+use crate::deadline::Deadline;
 use crate::drain::InFlight;
 use crate::metrics::ErrorKind;
 use crate::rules::response::Framing;
@@ -17,11 +21,16 @@ use crate::rules::response::Framing;
 /// whether the body ended where its framing says (else the backend closed first). A
 /// backend that breaks off or garbles the body is booked on the request as an
 /// upstream error; a client that stops reading is not.
+/// How often a body that waits on its backend checks whether its colour's drain
+/// deadline has passed.
+const CUT_CHECK: Duration = Duration::from_secs(1);
+
 pub(super) async fn relay_body(
     c: &mut Conn,
     upstream: &mut TcpStream,
     framing: Framing,
     in_flight: InFlight,
+    read_timeout: Duration,
 ) -> io::Result<bool> {
     let mut in_flight = Some(in_flight);
     // Counts body bytes; released before the write that ends the body.
@@ -69,11 +78,38 @@ pub(super) async fn relay_body(
     c.up.advance(n);
     count(&mut in_flight, n, done);
     Conn::write(&mut c.client, &c.out, c.write_timeout).await?;
+    // Armed only for a body that takes more than one read.
+    let mut tick: Option<Deadline> = None;
     while !done {
         c.up.clear();
         c.up.reserve(4 * READ_SIZE);
-        let read = (upstream.read_buf(&mut c.up).await)
-            .map_err(|e| broke(&mut in_flight, ErrorKind::Reset, e))?;
+        let waited = Instant::now();
+        let read = loop {
+            let tick = tick.get_or_insert_with(|| Deadline::new(CUT_CHECK));
+            tick.set(Instant::now() + CUT_CHECK.min(read_timeout));
+            tokio::select! {
+                biased;
+                read = upstream.read_buf(&mut c.up) => break read,
+                () = tick.reached() => {
+                    if let Some(guard) = in_flight.as_mut().filter(|g| g.is_cut()) {
+                        guard.closed_by_drain();
+                        return Err(io::Error::other("closed at its colour's drain deadline"));
+                    }
+                    if waited.elapsed() >= read_timeout {
+                        return Err(broke(
+                            &mut in_flight,
+                            ErrorKind::Timeout,
+                            io::Error::new(io::ErrorKind::TimedOut, "the backend's body stalled"),
+                        ));
+                    }
+                }
+            }
+        };
+        let read = read.map_err(|e| broke(&mut in_flight, ErrorKind::Reset, e))?;
+        if let Some(guard) = in_flight.as_mut().filter(|g| g.is_cut()) {
+            guard.closed_by_drain();
+            return Err(io::Error::other("closed at its colour's drain deadline"));
+        }
         if read == 0 {
             return match framing {
                 Framing::Close => Ok(false),

@@ -93,7 +93,15 @@ pub(super) async fn exchange(
     }
     ex.in_flight.backend().record(head.code < 500);
     ex.in_flight.status = head.code;
-    let reusable = match relay_body(c, &mut upstream, head.framing, ex.in_flight).await {
+    let reusable = match relay_body(
+        c,
+        &mut upstream,
+        head.framing,
+        ex.in_flight,
+        proxy.read_timeout,
+    )
+    .await
+    {
         Ok(complete) => complete && head.keep_alive && c.up.is_empty(),
         Err(e) => {
             tracing::debug!(peer = %c.peer.addr, error = %e, "response relay ended early");

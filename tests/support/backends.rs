@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 
 /// Starts a backend named `name` on 127.0.0.1:0. What it does depends on the path:
 /// - `/echo`: streams the request body back;
+/// - `/drip`: sends one chunk of a body, then nothing, never ending it;
 /// - `/sink`: reads the whole request body, then answers its length;
 /// - `/headers`: a JSON object of the request headers (values joined with "\n");
 /// - `/slow?ms=N`: answers after N ms;
@@ -169,6 +170,19 @@ async fn answer(name: &'static str, req: Request<Incoming>) -> Response<TestBody
     };
     let mut resp = match req.uri().path() {
         "/echo" => Response::new(req.into_body().boxed()),
+        "/drip" => Response::new(
+            // One chunk, then nothing: a stream that never ends.
+            http_body_util::StreamBody::new(Box::pin(futures_util::stream::unfold(
+                0u8,
+                |n| async move {
+                    if n > 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    Some((Ok(Frame::data(Bytes::from_static(b"tick\n"))), n + 1))
+                },
+            )))
+            .boxed(),
+        ),
         "/sink" => {
             // Reads the whole body before answering with its length.
             match req.into_body().collect().await {
