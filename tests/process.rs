@@ -28,6 +28,17 @@ async fn start(
     green: &[std::net::SocketAddr],
     extra: &str,
 ) -> Running {
+    start_limited(blue, green, extra, None).await
+}
+
+/// As [`start`], with the child's file descriptor limit set to `nofile` (soft and
+/// hard) when given.
+async fn start_limited(
+    blue: &[std::net::SocketAddr],
+    green: &[std::net::SocketAddr],
+    extra: &str,
+    nofile: Option<u64>,
+) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let text = support::config_text(dir.path(), blue, green, extra)
@@ -35,14 +46,21 @@ async fn start(
     let config = dir.path().join("cutover.toml");
     std::fs::write(&config, text).expect("write config");
     let log = dir.path().join("cutover.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cutover"));
+    command
         .args(["run", "--config"])
         .arg(&config)
         .env("CUTOVER_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("start cutover");
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+        unsafe {
+            command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, n, n));
+        }
+    }
+    let child = command.spawn().expect("start cutover");
     let socket = dir.path().join("admin.sock");
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(addr).await.is_err() || !socket.exists() {
@@ -224,4 +242,55 @@ async fn a_backend_outage_under_load_logs_a_bounded_number_of_lines() {
     );
     assert!(lines <= 80, "{lines} lines for {failed} failures");
     assert!(log.contains("suppressed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_clients_under_a_low_fd_limit_leaves_health_checks_and_admin_working() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let health = "[pools.blue.health]\npath = \"/healthz\"\ninterval = \"100ms\"\n\
+                  [pools.green.health]\npath = \"/healthz\"\ninterval = \"100ms\"";
+    // 256 descriptors: the default cap is (256 - 128) / 3 = 42 client connections.
+    let mut proxy = start_limited(&[blue.addr], &[green.addr], health, Some(256)).await;
+    let mut flood = Vec::new();
+    for i in 0..400 {
+        let Ok(mut s) = tokio::net::TcpStream::connect(proxy.addr).await else {
+            continue;
+        };
+        if i % 2 == 0 {
+            // An h2c client that sends its preface and nothing else.
+            use tokio::io::AsyncWriteExt;
+            let _ = s
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+                .await;
+        }
+        flood.push(s);
+    }
+    // Several health rounds pass while the flood is held.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let out = ctl(&proxy.socket, &["--json", "status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    for color in ["blue", "green"] {
+        for backend in status["pools"][color]["backends"]
+            .as_array()
+            .expect("backends")
+        {
+            assert_eq!(backend["healthy"], true, "{color}: {backend}");
+        }
+    }
+    // Once the flood is gone, requests are served.
+    drop(flood);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(support::get(proxy.addr, "/").await.status, StatusCode::OK);
+    sigterm(&proxy.child);
+    let _ = proxy.child.wait();
+    let log = std::fs::read_to_string(&proxy.log).expect("log");
+    assert!(log.contains("connection limit reached"), "{log}");
+    assert!(!log.contains("health: down"), "{log}");
 }
