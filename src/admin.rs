@@ -332,6 +332,7 @@ impl Admin {
 /// Serves `GET /metrics` (the same text as on the admin socket) on a TCP listener, for
 /// Prometheus. Nothing else is served there.
 pub async fn serve_metrics(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -352,12 +353,38 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, admin: Arc<Admin>)
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // At the cap: closed at once, so scrapers cannot pile up.
+            continue;
+        };
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = connection_builder()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
+}
+
+/// Admin and metrics connections open at once, at most; more are closed as soon as they
+/// are accepted. Each holds at most a request head and a bounded body.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// How long an admin client may take to send a request head, and sit idle between
+/// requests.
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long an admin client may take to send a request body.
+#[allow(dead_code)]
+const ADMIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// HTTP/1.1 for the admin socket and the metrics listener: a head must come whole
+/// within [`ADMIN_HEADER_TIMEOUT`] and fit in hyper's smallest buffer.
+fn connection_builder() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(8 * 1024);
+    builder
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`] bytes; `None` when the body is empty.
@@ -466,6 +493,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -480,6 +508,11 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // At the cap: closed at once; the data path is never involved.
+            tracing::debug!("admin connection limit reached; closing a new connection");
+            continue;
+        };
         let caller = Caller {
             uid: stream.peer_cred().ok().map(|c| c.uid()),
         };
@@ -488,13 +521,13 @@ pub async fn serve(
             let admin = Arc::clone(&admin);
             async move { Ok::<_, std::convert::Infallible>(admin.handle(req, caller).await) }
         });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service);
+        let conn = connection_builder().serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
+            drop(slot);
         });
     }
     graceful
