@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -154,9 +154,40 @@ pub struct StateView {
 
 impl Admin {
     async fn handle(&self, req: Request<Incoming>, caller: Caller) -> Response<Full<Bytes>> {
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let result = self.route(req, caller).await;
+        let (parts, body) = req.into_parts();
+        // A future: the body is read only by the endpoints that take one.
+        let body = read_body(body);
+        self.answer(&parts.method, parts.uri.path(), body, caller)
+            .await
+    }
+
+    /// Answers one admin request given as its method, path and whole body: what the
+    /// socket's handler does once the request has arrived (a body larger than the limit
+    /// gets the same 413). Lets the routing and validation run without a connection.
+    pub async fn respond(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Bytes,
+        caller: Caller,
+    ) -> Response<Full<Bytes>> {
+        let body = std::future::ready(if body.len() > MAX_BODY {
+            Err(AdminError::TooLarge(MAX_BODY))
+        } else {
+            Ok(body)
+        });
+        self.answer(method, path, body, caller).await
+    }
+
+    /// `body` is awaited only by the endpoints that read one.
+    async fn answer(
+        &self,
+        method: &Method,
+        path: &str,
+        body: impl Future<Output = Result<Bytes, AdminError>>,
+        caller: Caller,
+    ) -> Response<Full<Bytes>> {
+        let result = self.route(method, path, body, caller).await;
         match result {
             Ok(resp) => resp,
             Err(err) => {
@@ -181,26 +212,28 @@ impl Admin {
 
     async fn route(
         &self,
-        req: Request<Incoming>,
+        method: &Method,
+        path: &str,
+        body: impl Future<Output = Result<Bytes, AdminError>>,
         caller: Caller,
     ) -> Result<Response<Full<Bytes>>, AdminError> {
-        let allow = match req.uri().path() {
+        let allow = match path {
             "/status" | "/metrics" => "GET",
             "/switch" | "/rollback" => "POST",
             other => return Err(AdminError::NotFound(other.to_owned())),
         };
-        if req.method().as_str() != allow && !(allow == "GET" && req.method() == Method::HEAD) {
+        if method.as_str() != allow && !(allow == "GET" && method == Method::HEAD) {
             return Err(AdminError::MethodNotAllowed {
-                method: req.method().to_string(),
-                path: req.uri().path().to_owned(),
+                method: method.to_string(),
+                path: path.to_owned(),
                 allow,
             });
         }
-        match req.uri().path() {
+        match path {
             "/status" => Ok(json(StatusCode::OK, &self.status(None))),
             "/metrics" => Ok(self.metrics()),
             "/switch" => {
-                let body: SwitchBody = read_json(req).await?.ok_or_else(|| {
+                let body: SwitchBody = parse_json(body.await?)?.ok_or_else(|| {
                     AdminError::BadRequest(
                         "empty body; send JSON such as {\"to\": \"green\"}".into(),
                     )
@@ -233,7 +266,7 @@ impl Admin {
                 Ok(json(StatusCode::OK, &self.status(Some(change.changed))))
             }
             _ => {
-                let body: RollbackBody = read_json(req).await?.unwrap_or_default();
+                let body: RollbackBody = parse_json(body.await?)?.unwrap_or_default();
                 let change = self
                     .switchboard
                     .rollback(body.expect_generation, caller)
@@ -373,7 +406,6 @@ const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// requests.
 const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long an admin client may take to send a request body.
-#[allow(dead_code)]
 const ADMIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// HTTP/1.1 for the admin socket and the metrics listener: a head must come whole
@@ -387,21 +419,37 @@ fn connection_builder() -> hyper::server::conn::http1::Builder {
     builder
 }
 
-/// Reads a JSON body of at most [`MAX_BODY`] bytes; `None` when the body is empty.
-async fn read_json<T: serde::de::DeserializeOwned>(
-    req: Request<Incoming>,
-) -> Result<Option<T>, AdminError> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                AdminError::TooLarge(MAX_BODY)
-            } else {
+/// Reads a request body of at most [`MAX_BODY`] bytes within [`ADMIN_BODY_TIMEOUT`],
+/// copying each frame into one buffer: memory follows the bytes received, not the
+/// number of frames they came in (a body sent a byte at a time costs a byte a byte).
+async fn read_body(body: Incoming) -> Result<Bytes, AdminError> {
+    let read = async {
+        let mut body = body;
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
                 AdminError::BadRequest(format!("could not read the request body: {e}"))
+            })?;
+            if let Some(data) = frame.data_ref() {
+                if buf.len() + data.len() > MAX_BODY {
+                    return Err(AdminError::TooLarge(MAX_BODY));
+                }
+                buf.extend_from_slice(data);
             }
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(ADMIN_BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            AdminError::BadRequest(format!(
+                "the request body did not arrive within {ADMIN_BODY_TIMEOUT:?}"
+            ))
         })?
-        .to_bytes();
+}
+
+/// A JSON body; `None` when the body is empty.
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: Bytes) -> Result<Option<T>, AdminError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
