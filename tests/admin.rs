@@ -121,3 +121,74 @@ async fn a_stale_socket_is_replaced_but_a_live_one_is_not() {
     assert!(err.contains("in use"), "{err}");
     assert_eq!(first.status().await["live"], "blue");
 }
+
+/// This process's resident set, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_a_byte_at_a_time_and_a_thousand_idle_connections_leave_rss_flat_and_the_socket_answering()
+ {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let before = rss_kib();
+    // 30,000 body bytes, one write each.
+    let mut slow = tokio::net::UnixStream::connect(&proxy.socket)
+        .await
+        .expect("connect");
+    slow.write_all(b"POST /switch HTTP/1.1\r\nHost: cutover\r\nContent-Length: 60000\r\n\r\n")
+        .await
+        .expect("head");
+    for _ in 0..30_000 {
+        slow.write_all(b" ").await.expect("a byte");
+    }
+    // A thousand idle connections: those past the cap are closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(s) = tokio::net::UnixStream::connect(&proxy.socket).await {
+            idle.push(s);
+        }
+    }
+    // The socket still answers (a slot frees as soon as a capped connection closes;
+    // the idle ones are closed at the header timeout).
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            if let Ok(mut s) = tokio::net::UnixStream::connect(&proxy.socket).await {
+                let asked = s
+                    .write_all(
+                        b"GET /status HTTP/1.1\r\nHost: cutover\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
+                let mut answer = Vec::new();
+                if asked.is_ok()
+                    && s.read_to_end(&mut answer).await.is_ok()
+                    && answer.starts_with(b"HTTP/1.1 200")
+                {
+                    break;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let grown = rss_kib().saturating_sub(before);
+    assert!(answered.is_ok(), "the admin socket stopped answering");
+    assert!(grown < 30 * 1024, "RSS grew by {grown} KiB");
+    // The slow body is refused when its time is up, and nothing changed.
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        slow.read_to_end(&mut reply),
+    )
+    .await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(proxy.status().await["live"], "blue");
+}
