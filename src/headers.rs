@@ -149,6 +149,8 @@ pub enum ClientBody {
 /// Keeps a streamed request body to [`Timeouts::body_deadline`].
 pub struct Pace {
     timeouts: Timeouts,
+    /// Largest body accepted (`limits.max_body`).
+    max_body: u64,
     /// When the body began; set on the first poll.
     start: Option<Instant>,
     received: u64,
@@ -176,6 +178,7 @@ pub fn signal_sent(
 pub enum ClientBodyError {
     Broken(hyper::Error),
     TimedOut,
+    TooLarge,
 }
 
 impl fmt::Display for ClientBodyError {
@@ -183,6 +186,7 @@ impl fmt::Display for ClientBodyError {
         match self {
             ClientBodyError::Broken(e) => write!(f, "client request body: {e}"),
             ClientBodyError::TimedOut => f.write_str("client request body: too slow"),
+            ClientBodyError::TooLarge => f.write_str("client request body: over the limit"),
         }
     }
 }
@@ -191,13 +195,13 @@ impl StdError for ClientBodyError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             ClientBodyError::Broken(e) => Some(e),
-            ClientBodyError::TimedOut => None,
+            ClientBodyError::TimedOut | ClientBodyError::TooLarge => None,
         }
     }
 }
 
 impl ClientBody {
-    pub fn new(body: Incoming, timeouts: Timeouts) -> ClientBody {
+    pub fn new(body: Incoming, timeouts: Timeouts, max_body: u64) -> ClientBody {
         if body.is_end_stream() {
             ClientBody::Empty
         } else {
@@ -206,6 +210,7 @@ impl ClientBody {
                 sent: None,
                 pace: Pace {
                     timeouts,
+                    max_body,
                     start: None,
                     received: 0,
                     sleep: None,
@@ -232,6 +237,9 @@ impl Body for ClientBody {
                     Poll::Ready(None) => true,
                     Poll::Ready(Some(Ok(f))) => {
                         pace.received += f.data_ref().map_or(0, |d| d.len() as u64);
+                        if pace.received > pace.max_body {
+                            return Poll::Ready(Some(Err(ClientBodyError::TooLarge)));
+                        }
                         let at = pace.timeouts.body_deadline(start, now, pace.received);
                         if let Some(sleep) = pace.sleep.as_mut() {
                             sleep.as_mut().reset(at);

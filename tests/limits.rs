@@ -230,3 +230,41 @@ async fn at_max_connections_new_connections_are_closed_at_once_and_open_ones_are
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(get(proxy.addr, "/").await.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_at_max_body_is_served_and_one_byte_more_gets_413_on_every_path() {
+    let proxy = proxy("max_body = 1000").await;
+    for (size, status) in [(1000usize, "200"), (1001, "413")] {
+        let body = "x".repeat(size);
+        // The relay: a declared length.
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        let head = format!(
+            "POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.expect("head");
+        let _ = s.write_all(body.as_bytes()).await;
+        let (answer, _) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "relay {size}: {answer:?}"
+        );
+        // Hyper's path: chunked, so only the bytes tell.
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        let head = format!(
+            "POST /sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{size:x}\r\n{body}\r\n0\r\n\r\n"
+        );
+        let _ = s.write_all(head.as_bytes()).await;
+        let (answer, _) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "hyper {size}: {answer:?}"
+        );
+        // h2c.
+        let (mut h2, _conn) = h2c(proxy.addr).await;
+        let req = http::Request::post("http://app.example/sink")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .expect("request");
+        let resp = h2.send_request(req).await.expect("h2 answer");
+        assert_eq!(resp.status().as_str(), status, "h2 {size}");
+    }
+}

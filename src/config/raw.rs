@@ -61,6 +61,7 @@ pub(super) struct RawLimits {
     pub(super) max_uri: Option<usize>,
     /// Bytes, 1024 to 1 MiB (default 64 KiB); a larger response head is a 502.
     pub(super) max_response_head: Option<usize>,
+    pub(super) max_body: Option<u64>,
     pub(super) max_connections: Option<usize>,
     pub(super) idle_timeout: Option<String>,
     pub(super) body_timeout: Option<String>,

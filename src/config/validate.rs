@@ -237,6 +237,7 @@ fn policy(
             d.max_response_head,
             (1024, MIB),
         ),
+        max_body: limits.max_body.unwrap_or(d.max_body),
     };
     let underscores = match http.headers_with_underscores.as_deref() {
         None | Some("drop") => Underscores::Drop,

@@ -336,6 +336,7 @@ fn client_body_failed(e: &UpstreamError) -> Option<Reject> {
         if let Some(body) = err.downcast_ref::<headers::ClientBodyError>() {
             return Some(match body {
                 headers::ClientBodyError::TimedOut => Reject::Timeout,
+                headers::ClientBodyError::TooLarge => Reject::BodyTooLarge,
                 headers::ClientBodyError::Broken(_) => Reject::Body,
             });
         }

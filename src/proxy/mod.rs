@@ -138,7 +138,10 @@ impl Proxy {
         );
         Ok(Sent {
             in_flight,
-            req: Request::from_parts(parts, ClientBody::new(body, self.timeouts)),
+            req: Request::from_parts(
+                parts,
+                ClientBody::new(body, self.timeouts, self.policy.limits.max_body),
+            ),
             retry,
             upgrade,
             peer,

@@ -53,6 +53,9 @@ pub struct Limits {
     pub max_uri: usize,
     /// Largest response head → 502.
     pub max_response_head: usize,
+    /// Largest request body → 413 (a declared length at once; a chunked body when it
+    /// passes the limit).
+    pub max_body: u64,
 }
 
 /// `[http] headers_with_underscores`: Envoy's choices, with its edge default.
@@ -73,6 +76,7 @@ impl Default for Limits {
             max_headers: 100,
             max_uri: 8 * 1024,
             max_response_head: 64 * 1024,
+            max_body: 100 * 1024 * 1024,
         }
     }
 }

@@ -114,10 +114,12 @@ pub enum Reject {
     Body,
     #[error("the request did not arrive in time")]
     Timeout,
+    #[error("the request body is larger than the limit")]
+    BodyTooLarge,
 }
 
 /// The `reason` label of `cutover_requests_refused_total`, by [`Reject::index`].
-pub const REASONS: [&str; 9] = [
+pub const REASONS: [&str; 10] = [
     "malformed",
     "uri_too_long",
     "head_too_large",
@@ -127,6 +129,7 @@ pub const REASONS: [&str; 9] = [
     "connect",
     "body",
     "timeout",
+    "body_too_large",
 ];
 
 impl Reject {
@@ -142,6 +145,7 @@ impl Reject {
             Reject::Connect => 6,
             Reject::Body => 7,
             Reject::Timeout => 8,
+            Reject::BodyTooLarge => 9,
         }
     }
 
@@ -152,6 +156,7 @@ impl Reject {
             Reject::TooManyFields | Reject::HeadTooLarge => S::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::Connect => S::METHOD_NOT_ALLOWED,
             Reject::Timeout => S::REQUEST_TIMEOUT,
+            Reject::BodyTooLarge => S::PAYLOAD_TOO_LARGE,
             _ => S::BAD_REQUEST,
         }
     }
@@ -169,6 +174,7 @@ impl Reject {
             Reject::Underscore => "400 Bad Request: field names with '_' are refused\n",
             Reject::Malformed(_) | Reject::Target(_) => "400 Bad Request\n",
             Reject::Timeout => "408 Request Timeout\n",
+            Reject::BodyTooLarge => "413 Content Too Large\n",
         }
     }
 }
@@ -306,6 +312,9 @@ pub fn check<'a>(head: &Head<'a>, policy: &Policy) -> Result<Plan<'a>, Reject> {
         }
         plan.body = Body::Chunked;
     } else if let Some(n) = length {
+        if n > policy.limits.max_body {
+            return Err(Reject::BodyTooLarge);
+        }
         plan.body = Body::Length(n);
         if lengths.count_ones() > 1 {
             plan.merge_length = true;
