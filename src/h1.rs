@@ -279,12 +279,11 @@ impl Response<'_, '_> {
             // response without one.
             push_field(out, b"date", &http_date());
         }
-        match plan.framing {
-            Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-            Framing::Length(n) if plan.merge_length => {
-                push_field(out, b"content-length", n.to_string().as_bytes());
-            }
-            _ => {}
+        if plan.framing == Framing::Chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if let (true, Some(n)) = (plan.merge_length, plan.length) {
+            push_field(out, b"content-length", n.to_string().as_bytes());
         }
         push_field(out, b"via", forwarded::VIA);
         if let Some(color) = color {
@@ -524,6 +523,21 @@ mod tests {
         ] {
             let mut storage = fields();
             assert!(parse_response(both, &mut storage, false, &Limits::default()).is_err());
+        }
+    }
+
+    #[test]
+    fn equal_content_lengths_are_written_once_even_where_no_body_follows() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nContent-Length: 5\r\n\r\n";
+        for head_request in [false, true] {
+            let mut storage = fields();
+            let resp = parse_response(raw, &mut storage, head_request, &Limits::default())
+                .expect("valid")
+                .expect("complete");
+            let mut out = Vec::new();
+            resp.write_forwarded(None, false, &mut out);
+            let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+            assert_eq!(text.matches("content-length: 5").count(), 1, "{text}");
         }
     }
 }

@@ -4,6 +4,8 @@
 //! rejects, and when both take a head they must read it the same way.
 //!
 //! Allowed asymmetries:
+//! - The rulebook refuses a head httparse reads (a missing Host, bad framing, a limit):
+//!   each refusal is a documented rule, applied the same on hyper's path.
 //! - The relay declines, whatever httparse says: a declined request goes to hyper,
 //!   which parses it with httparse and answers it (400, 431, 100-continue, upgrades…),
 //!   so the client gets what a standard server would send.
@@ -35,13 +37,19 @@ enum Relay {
     },
     Partial,
     Decline,
+    /// Refused by the rulebook; `malformed` when the head did not parse at all.
+    Reject {
+        malformed: bool,
+    },
 }
 
 /// The only call into cutover.
 fn relay(bytes: &[u8]) -> Relay {
     use cutover::h1::{Parsed, fields, parse_request};
+    use cutover::rules::Policy;
+    use cutover::rules::request::Reject;
     let mut storage = fields();
-    match parse_request(bytes, &mut storage) {
+    match parse_request(bytes, &mut storage, &Policy::default()) {
         Parsed::Complete(req) => Relay::Complete {
             head_len: req.head_len,
             method: req.method.to_owned(),
@@ -54,6 +62,9 @@ fn relay(bytes: &[u8]) -> Relay {
         },
         Parsed::Partial => Relay::Partial,
         Parsed::Decline(_) => Relay::Decline,
+        Parsed::Reject(r) => Relay::Reject {
+            malformed: matches!(r, Reject::Malformed(_)),
+        },
     }
 }
 
@@ -64,6 +75,13 @@ fuzz_target!(|data: &[u8]| {
     let parsed = standard.parse(data);
     match (relay, parsed) {
         (Relay::Decline, _) => {}
+        // A rule of the rulebook (Host, framing, limits, …): documented, and the same
+        // verdict on hyper's path, which applies the same rulebook.
+        (Relay::Reject { malformed: false }, _) => {}
+        (Relay::Reject { malformed: true }, Ok(httparse::Status::Complete(n))) => {
+            panic!("relay calls malformed a {n}-byte head httparse reads: {data:?}")
+        }
+        (Relay::Reject { malformed: true }, _) => {}
         (Relay::Partial, Ok(httparse::Status::Partial) | Err(_)) => {}
         (Relay::Partial, Ok(httparse::Status::Complete(n))) => {
             panic!("relay waits for more, httparse has a {n}-byte head: {data:?}")

@@ -10,12 +10,19 @@ use libfuzzer_sys::fuzz_target;
 /// the request itself, the head as the backend gets it (peer 127.0.0.1).
 fn forwarded(bytes: &[u8]) -> Option<Vec<u8>> {
     use cutover::h1::{Parsed, fields, parse_request};
+    use cutover::rules::Policy;
+    use cutover::rules::forwarded::Client;
     let mut storage = fields();
-    let Parsed::Complete(req) = parse_request(bytes, &mut storage) else {
+    let Parsed::Complete(req) = parse_request(bytes, &mut storage, &Policy::default()) else {
         return None;
     };
     let mut out = Vec::new();
-    req.write_forwarded(b"127.0.0.1", &mut out);
+    let peer = Client {
+        addr: b"127.0.0.1",
+        trusted: false,
+        proto: "http",
+    };
+    req.write_forwarded(peer, &mut out);
     Some(out)
 }
 
@@ -38,13 +45,7 @@ const OURS: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-ho
 
 /// Named in `Connection` but kept on purpose: framing and routing fields are never
 /// removed that way (`Connection: content-length` must not unframe a message).
-const KEPT_WHEN_NAMED: [&str; 2] = ["host", "content-length"];
-
-/// Named in `Connection` but kept today although RFC 9110 §7.6.1 says to remove them
-/// (the relay classifies them as its own fields, so a Connection option naming them
-/// is ignored). Allowed here so CI stays green; drop an entry once the relay removes
-/// that field when named.
-const KNOWN_KEPT_WHEN_NAMED: [&str; 2] = ["date", "x-cutover-color"];
+const KEPT_WHEN_NAMED: [&str; 3] = ["host", "content-length", "transfer-encoding"];
 
 fn count(headers: &[httparse::Header<'_>], name: &str) -> usize {
     headers
@@ -120,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(via.map(|h| h.value), Some(&b"1.1 cutover"[..]), "{shown:?}");
     for name in &named {
         let name = name.as_str();
-        if KEPT_WHEN_NAMED.contains(&name) || KNOWN_KEPT_WHEN_NAMED.contains(&name) {
+        if KEPT_WHEN_NAMED.contains(&name) {
             continue;
         }
         // Ours are added after the client's are removed.

@@ -25,14 +25,16 @@ fn forwarded(
     color: Option<&str>,
     close: bool,
 ) -> Option<(u16, Framing, Vec<u8>)> {
-    use cutover::h1::{self, fields, parse_response};
+    use cutover::h1::{fields, parse_response};
+    use cutover::rules::Limits;
+    use cutover::rules::response::Framing as F;
     let mut storage = fields();
-    let resp = parse_response(bytes, &mut storage, head_request).ok()??;
-    let framing = match resp.framing {
-        h1::Framing::Empty => Framing::Empty,
-        h1::Framing::Length(n) => Framing::Length(n),
-        h1::Framing::Chunked => Framing::Chunked,
-        h1::Framing::Close => Framing::Close,
+    let resp = parse_response(bytes, &mut storage, head_request, &Limits::default()).ok()??;
+    let framing = match resp.plan.framing {
+        F::Empty => Framing::Empty,
+        F::Length(n) => Framing::Length(n),
+        F::Chunked => Framing::Chunked,
+        F::Close => Framing::Close,
     };
     let mut out = Vec::new();
     resp.write_forwarded(color, close, &mut out);
@@ -143,10 +145,6 @@ fuzz_target!(|data: &[u8]| {
         panic!("the relay forwards a head httparse does not complete: {head:?}");
     };
     let named = connection_options(backend.headers);
-    let listed = named.iter().filter(|n| *n != "keep-alive").count();
-    if listed > KNOWN_MAX_REMOVED {
-        return;
-    }
     for name in named {
         let allowed = match name.as_str() {
             // Framing: kept on purpose, or checked above against the framing.
@@ -155,7 +153,8 @@ fuzz_target!(|data: &[u8]| {
             "connection" => usize::from(close),
             "via" => 1,
             "x-cutover-color" if color.is_some() => 1,
-            n if KNOWN_KEPT_WHEN_NAMED.contains(&n) => continue,
+            // Routing: never removed by a Connection option, on any message.
+            "host" => continue,
             _ => 0,
         };
         assert!(
@@ -164,27 +163,6 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 });
-
-/// Named in `Connection` but kept today although RFC 9110 §7.6.1 says to remove them:
-/// the relay removes only fields it has no name of its own for, so every field it
-/// recognises (for requests or responses) stays when named, where only Content-Length
-/// needs to. Allowed so CI stays green; drop an entry once the relay removes the field.
-const KNOWN_KEPT_WHEN_NAMED: [&str; 7] = [
-    "date",
-    "expect",
-    "host",
-    "x-cutover-color",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-];
-
-/// Known: the relay removes the fields named by at most this many options (all
-/// Connection fields together, `keep-alive` and `close` aside, duplicates counted); when the backend lists
-/// more, it does not keep the connection but forwards the fields named past the limit.
-/// Checks are skipped beyond it so CI stays green; drop this once every named field is
-/// removed.
-const KNOWN_MAX_REMOVED: usize = 8;
 
 /// The options of every Connection field, lowercase.
 fn connection_options(headers: &[httparse::Header<'_>]) -> Vec<String> {

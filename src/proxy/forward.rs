@@ -86,7 +86,7 @@ fn response_head(
                 headers.append(name.clone(), value.clone());
             }
         }
-        if let (true, response::Framing::Length(n)) = (plan.merge_length, plan.framing) {
+        if let (true, Some(n)) = (plan.merge_length, plan.length) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
         headers.append(header::VIA, headers::VIA_VALUE.clone());

@@ -51,6 +51,8 @@ pub struct Plan {
     pub dated: bool,
     /// Several equal Content-Length fields: all left out and one written.
     pub merge_length: bool,
+    /// Their value, for the one written.
+    pub length: Option<u64>,
 }
 
 /// The backend's response cannot be forwarded (RFC 9112 §6.3: a proxy answers 502).
@@ -91,6 +93,7 @@ pub fn check(head: &Head<'_>, limits: &Limits) -> Result<Plan, BadResponse> {
         color_fields: 0,
         dated: false,
         merge_length: false,
+        length: None,
     };
     let (mut length, mut lengths, mut codings) = (None, 0u128, 0);
     let (mut options, mut connection) = (Options::default(), 0u128);
@@ -131,6 +134,13 @@ pub fn check(head: &Head<'_>, limits: &Limits) -> Result<Plan, BadResponse> {
     if options.names_fields {
         plan.skip |= fields::named_by_connection(head.fields, connection);
     }
+    plan.length = length;
+    if lengths.count_ones() > 1 {
+        // Equal values: one is written in their place (also on a HEAD, 204 or 304
+        // answer, where the length only describes).
+        plan.merge_length = true;
+        plan.skip |= lengths;
+    }
     plan.keep_alive = if head.http11 {
         !options.close
     } else {
@@ -143,10 +153,6 @@ pub fn check(head: &Head<'_>, limits: &Limits) -> Result<Plan, BadResponse> {
     } else if codings > 0 {
         Framing::Chunked
     } else if let Some(n) = length {
-        if lengths.count_ones() > 1 {
-            plan.merge_length = true;
-            plan.skip |= lengths;
-        }
         Framing::Length(n)
     } else {
         plan.keep_alive = false;
