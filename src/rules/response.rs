@@ -74,6 +74,10 @@ pub enum BadResponse {
     Chunked,
 }
 
+/// Most fields a response may have: hyper's client reads no more, so neither does the
+/// relay (and the client gets at most this many plus the few cutover adds).
+pub const MAX_RESPONSE_FIELDS: usize = 100;
+
 /// The canonical size of a response head: status line, fields, empty line.
 pub fn head_size(head: &Head<'_>) -> usize {
     let line = 9 + 3 + 1 + head.reason.len() + 2;
@@ -82,7 +86,7 @@ pub fn head_size(head: &Head<'_>) -> usize {
 
 /// Judges a response head (not a 101, which only an upgrade expects).
 pub fn check(head: &Head<'_>, limits: &Limits) -> Result<Plan, BadResponse> {
-    if head_size(head) > limits.max_response_head || head.fields.len() > super::MAX_FIELDS {
+    if head_size(head) > limits.max_response_head || head.fields.len() > MAX_RESPONSE_FIELDS {
         return Err(BadResponse::TooLarge);
     }
     let mut plan = Plan {
