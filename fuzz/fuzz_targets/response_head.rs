@@ -152,6 +152,8 @@ fuzz_target!(|data: &[u8]| {
             // Ours, added after the backend's are removed.
             "connection" => usize::from(close),
             "via" => 1,
+            // Ours is added when the backend's is gone (RFC 9110 §6.6.1).
+            "date" => 1,
             "x-cutover-color" if color.is_some() => 1,
             // Routing: never removed by a Connection option, on any message.
             "host" => continue,

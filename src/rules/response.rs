@@ -127,7 +127,6 @@ pub fn check(head: &Head<'_>, limits: &Limits) -> Result<Plan, BadResponse> {
             }
             Field::HopByHop | Field::Upgrade => plan.skip |= bit,
             Field::CutoverColor => plan.color_fields |= bit,
-            Field::Date => plan.dated = true,
             _ => {}
         }
     }
@@ -138,6 +137,10 @@ pub fn check(head: &Head<'_>, limits: &Limits) -> Result<Plan, BadResponse> {
     if options.names_fields {
         plan.skip |= fields::named_by_connection(head.fields, connection);
     }
+    // A Date the backend's Connection named is gone: ours takes its place.
+    plan.dated = head.fields.iter().enumerate().any(|(i, h)| {
+        plan.skip & (1 << i) == 0 && fields::classify(h.name.as_bytes()) == Field::Date
+    });
     plan.length = length;
     if lengths.count_ones() > 1 {
         // Equal values: one is written in their place (also on a HEAD, 204 or 304
