@@ -124,6 +124,7 @@ fn header_rewrite(c: &mut Criterion) {
                     version: request::Version::Http11,
                     authority: None,
                     fields: &fields,
+                    raw_len: None,
                 };
                 match request::check(&head, &policy) {
                     Ok(plan) => headers::forwarded(&template, &fields, &plan, client, b"").len(),

@@ -133,6 +133,7 @@ pub fn parse_request<'h, 'b>(
         },
         authority: None,
         fields: headers,
+        raw_len: Some(head_len),
     };
     let plan = match request::check(&head, policy) {
         Ok(plan) => plan,
@@ -228,6 +229,7 @@ pub fn parse_response<'h, 'b>(
         reason,
         fields: headers,
         head_request,
+        raw_len: Some(head_len),
     };
     let plan = response::check(&head, limits)?;
     Ok(Some(Response {

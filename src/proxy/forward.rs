@@ -77,6 +77,7 @@ fn response_head(
             reason,
             fields: &fields,
             head_request: false,
+            raw_len: None,
         };
         let plan = response::check(&head, limits)?;
         let skip = plan.skip | if color_header { plan.color_fields } else { 0 };

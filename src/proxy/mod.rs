@@ -84,6 +84,7 @@ impl Proxy {
                     .then(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
                     .flatten(),
                 fields: &fields,
+                raw_len: None,
             };
             let plan = match request::check(&head, &self.policy) {
                 Ok(plan) => plan,

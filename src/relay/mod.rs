@@ -138,7 +138,14 @@ impl Conn {
         bytes: &[u8],
         limit: std::time::Duration,
     ) -> io::Result<()> {
-        match tokio::time::timeout(limit, client.write_all(bytes)).await {
+        // Most answers fit in the socket's buffer: written at once, no timer armed.
+        let rest = match client.try_write(bytes) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) => &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => bytes,
+            Err(e) => return Err(e),
+        };
+        match tokio::time::timeout(limit, client.write_all(rest)).await {
             Ok(written) => written,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -189,9 +196,9 @@ async fn next_request(
 ) -> Next {
     // When the body began, and how much of it has come.
     let mut body: Option<(Instant, usize)> = None;
-    if !c.buf.is_empty() {
-        deadline.set(Instant::now() + timeouts.header);
-    }
+    // A head began (its first bytes are here): its header timeout is armed before the
+    // next read, so a head that arrives whole costs no clock read.
+    let mut head_began = !c.buf.is_empty();
     loop {
         match buffered_request(c, proxy) {
             Buffered::Request(ex) => return Next::Request(ex),
@@ -213,19 +220,22 @@ async fn next_request(
             }
             Buffered::Partial => {}
         }
+        if head_began && body.is_none() {
+            head_began = false;
+            deadline.set(Instant::now() + timeouts.header);
+        }
         let was_empty = c.buf.is_empty();
         tokio::select! {
             biased;
             read = read_some(&mut c.client, &mut c.buf) => match read {
                 Ok(0) | Err(_) => return Next::Close,
                 Ok(_) => {
-                    let now = Instant::now();
                     if let Some((start, at_head)) = body {
                         let received = c.buf.len().saturating_sub(at_head) as u64;
-                        deadline.set(timeouts.body_deadline(start, now, received));
+                        deadline.set(timeouts.body_deadline(start, Instant::now(), received));
                     } else if was_empty {
-                        // The head's first byte: it now has the header timeout.
-                        deadline.set(now + timeouts.header);
+                        // The head's first byte: it gets the header timeout.
+                        head_began = true;
                     }
                 }
             },

@@ -31,6 +31,10 @@ pub struct Head<'a> {
     /// The head's fields in order; the plan's bit masks index into them, which is why a
     /// head may have at most [`MAX_FIELDS`](super::MAX_FIELDS).
     pub fields: &'a [Header<'a>],
+    /// The head's size as received, when the path has it: a head of at most half the
+    /// limit cannot be over it written canonically (each line grows by at most its
+    /// two separators), so it is not measured again.
+    pub raw_len: Option<usize>,
 }
 
 /// How the request's body is delimited (RFC 9112 §6.3).
@@ -337,7 +341,10 @@ fn limits(head: &Head<'_>, limits: &Limits) -> Result<(), Reject> {
     if count > limits.max_headers.min(super::MAX_FIELDS) {
         return Err(Reject::TooManyFields);
     }
-    if head_size(head) > limits.max_request_head {
+    let small = head
+        .raw_len
+        .is_some_and(|n| n * 2 <= limits.max_request_head);
+    if !small && head_size(head) > limits.max_request_head {
         return Err(Reject::HeadTooLarge);
     }
     Ok(())
@@ -464,8 +471,26 @@ fn host_value(value: &[u8]) -> Result<(), Reject> {
 
 /// RFC 3986 §3.2.2 reg-name: unreserved, pct-encoded (its `%`) and sub-delims.
 fn reg_name(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b)
+    REG_NAME[usize::from(b)]
 }
+
+/// [`reg_name`] as a table: one load a byte on the hot path.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"-._~%!$&'()*+,;=";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -478,6 +503,7 @@ mod tests {
             version: Version::Http11,
             authority: None,
             fields,
+            raw_len: None,
         }
     }
 

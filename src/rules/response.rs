@@ -21,6 +21,8 @@ pub struct Head<'a> {
     pub fields: &'a [Header<'a>],
     /// The request was HEAD: no body follows, whatever the fields say.
     pub head_request: bool,
+    /// The head's size as received, when the path has it (see the request's `raw_len`).
+    pub raw_len: Option<usize>,
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -86,7 +88,12 @@ pub fn head_size(head: &Head<'_>) -> usize {
 
 /// Judges a response head (not a 101, which only an upgrade expects).
 pub fn check(head: &Head<'_>, limits: &Limits) -> Result<Plan, BadResponse> {
-    if head_size(head) > limits.max_response_head || head.fields.len() > MAX_RESPONSE_FIELDS {
+    let small = head
+        .raw_len
+        .is_some_and(|n| n * 2 <= limits.max_response_head);
+    if (!small && head_size(head) > limits.max_response_head)
+        || head.fields.len() > MAX_RESPONSE_FIELDS
+    {
         return Err(BadResponse::TooLarge);
     }
     let mut plan = Plan {
