@@ -25,10 +25,6 @@ use crate::dispatch::{Peer, Proxy};
 use crate::relay;
 use crate::rules::Limits;
 
-/// Streams one HTTP/2 connection may have open at once (RFC 9113 §5.1.2); more are
-/// refused with REFUSED_STREAM. hyper's h2 also bounds pending resets (rapid reset)
-/// and CONTINUATION frames.
-const MAX_STREAMS: u32 = 100;
 /// How often an HTTP/2 connection is pinged, and how long its answer may take.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -50,7 +46,9 @@ pub fn connection_builder(config: &ListenConfig, limits: &Limits) -> auto::Build
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_STREAMS)
+        // RFC 9113 §5.1.2: more are refused with REFUSED_STREAM. hyper's h2 also
+        // bounds pending resets (rapid reset) and CONTINUATION frames.
+        .max_concurrent_streams(config.max_streams)
         // Pings find a peer that vanished without closing (the idle timeout only
         // closes connections with no stream open).
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))

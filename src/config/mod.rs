@@ -74,6 +74,8 @@ pub struct ListenConfig {
     pub body_timeout: Duration,
     /// The longest a write to a client may wait for it to read.
     pub write_timeout: Duration,
+    /// Streams one HTTP/2 connection may have open at once; more are refused.
+    pub max_streams: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +247,7 @@ impl Config {
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 body_timeout: DEFAULT_BODY_TIMEOUT,
                 write_timeout: DEFAULT_WRITE_TIMEOUT,
+                max_streams: DEFAULT_MAX_STREAMS,
             },
             admin: AdminConfig {
                 socket: PathBuf::from("cutover.sock"),
@@ -335,6 +338,7 @@ fn short_lines(message: &str) -> String {
 }
 
 pub(super) const DEFAULT_BACKLOG: u32 = 1024;
+pub(super) const DEFAULT_MAX_STREAMS: u32 = 100;
 pub(super) const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);

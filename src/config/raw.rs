@@ -66,6 +66,7 @@ pub(super) struct RawLimits {
     pub(super) idle_timeout: Option<String>,
     pub(super) body_timeout: Option<String>,
     pub(super) write_timeout: Option<String>,
+    pub(super) max_streams: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -151,6 +151,14 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
         raw.limits.idle_timeout.clone(),
         DEFAULT_IDLE_TIMEOUT,
     );
+    let max_streams = raw.limits.max_streams.unwrap_or(DEFAULT_MAX_STREAMS);
+    if max_streams == 0 {
+        problem(
+            problems,
+            "limits.max_streams",
+            "must be at least 1 (HTTP/2 streams a connection may have open)".into(),
+        );
+    }
     let body_timeout = duration(
         problems,
         "limits.body_timeout",
@@ -171,6 +179,7 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
                 raw.limits.write_timeout.clone(),
                 DEFAULT_WRITE_TIMEOUT,
             ),
+            max_streams,
         },
         admin: AdminConfig {
             socket: raw.admin.socket,

@@ -128,8 +128,15 @@ async fn response_head(
     color: Option<&str>,
     deadline: &mut Deadline,
 ) -> Result<Head, Failure> {
+    // The request is the head in `c.out` then a large body kept where it was read.
+    let total = c.out.len() + ex.body.len();
     // Most requests fit in the socket's buffer: written here, without waiting.
-    let mut written = match upstream.try_write(&c.out) {
+    let first = if ex.body.is_empty() {
+        upstream.try_write(&c.out)
+    } else {
+        upstream.try_write_vectored(&[io::IoSlice::new(&c.out), io::IoSlice::new(&ex.body)])
+    };
+    let mut written = match first {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(Failure::Unanswered(e)),
@@ -151,7 +158,7 @@ async fn response_head(
                     continue;
                 }
                 // The rest of the request is not sent after an early answer.
-                let cut_short = written < c.out.len();
+                let cut_short = written < total;
                 c.out.clear();
                 let head = Head {
                     code: resp.code,
@@ -167,14 +174,20 @@ async fn response_head(
         if c.up.capacity() - c.up.len() < READ_SIZE / 4 {
             c.up.reserve(READ_SIZE);
         }
-        let unsent = &c.out[written..];
+        let unsent = match c.out.get(written..) {
+            Some(rest) if !rest.is_empty() => rest,
+            _ => ex
+                .body
+                .get(written.saturating_sub(c.out.len())..)
+                .unwrap_or_default(),
+        };
         tokio::select! {
             biased;
-            sent = to.write(unsent), if !unsent.is_empty() => match sent {
+            sent = to.write(unsent), if !unsent.is_empty() && written < total => match sent {
                 Ok(0) => return Err(Failure::Unanswered(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
                     written += n;
-                    if written == c.out.len() {
+                    if written == total {
                         // The response timer runs from when the request has been sent.
                         deadline.set(Instant::now() + proxy.response_timeout);
                     }

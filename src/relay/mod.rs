@@ -18,7 +18,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -104,6 +104,11 @@ pub async fn serve(
 /// How long a short local answer may take to write to a client that is closing anyway.
 const WRITE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A request body up to this size is copied after its head into one buffer, written
+/// with one call; a larger one is sent from where it was read, so a connection holds it
+/// once, not twice.
+const COPIED_BODY: usize = 16 * 1024;
+
 /// Bytes asked of the kernel per read from a backend.
 const READ_SIZE: usize = 16 * 1024;
 /// Room for a client's request head, grown when one is larger.
@@ -157,6 +162,9 @@ impl Conn {
 
 /// A routed request, its bytes in `Conn::out`, waiting for its backend.
 struct Exchange {
+    /// A body larger than [`COPIED_BODY`], sent after the head in `Conn::out` from the
+    /// buffer it was read into (kept for a retry).
+    body: Bytes,
     /// Counts the request against its colour and backend until its last bytes are
     /// written; names the backend to send to and carries the status and byte count for
     /// the metrics and the access log.
@@ -298,10 +306,23 @@ fn buffered_request(c: &mut Conn, proxy: &Proxy) -> Buffered {
     if c.buf.len() < total {
         return Buffered::Head;
     }
-    let next = begin(proxy, &req, &c.buf[..total], &c.peer, &mut c.out);
-    c.buf.advance(total);
+    let head_len = req.head_len;
+    let copy = total - head_len <= COPIED_BODY;
+    let next = begin(proxy, &req, &c.buf[..total], copy, &c.peer, &mut c.out);
+    // A large body is sent from where it was read, not copied: a connection holds it
+    // once.
+    let body = if copy {
+        c.buf.advance(total);
+        Bytes::new()
+    } else {
+        c.buf.advance(head_len);
+        c.buf.split_to(total - head_len).freeze()
+    };
     match next {
-        Ok(ex) => Buffered::Request(ex),
+        Ok(mut ex) => {
+            ex.body = body;
+            Buffered::Request(ex)
+        }
         Err(close) => Buffered::Answered { close },
     }
 }
@@ -328,6 +349,7 @@ fn begin(
     proxy: &Proxy,
     req: &h1::Request<'_, '_>,
     bytes: &[u8],
+    copy_body: bool,
     peer: &Peer,
     out: &mut Vec<u8>,
 ) -> Result<Exchange, bool> {
@@ -344,9 +366,12 @@ fn begin(
         }
     };
     req.write_forwarded(peer.client(), out);
-    out.extend_from_slice(&bytes[req.head_len..]);
+    if copy_body {
+        out.extend_from_slice(&bytes[req.head_len..]);
+    }
     Ok(Exchange {
         in_flight,
+        body: Bytes::new(),
         // The body is buffered: a retry can send all of it again.
         retry: retry::may_retry(req.method, true, false, true),
         head: req.method == "HEAD",
