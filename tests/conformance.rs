@@ -1544,16 +1544,7 @@ fn response_head(buf: &[u8]) -> Result<Option<Head>, String> {
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => {
-            let fields = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_owned(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let fields = support::raw::owned_fields(resp.headers);
             Ok(Some((len, resp.code.unwrap_or(0), fields)))
         }
         Ok(httparse::Status::Partial) => Ok(None),

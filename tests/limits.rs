@@ -166,12 +166,7 @@ async fn idle_keep_alive_and_h2c_connections_close_at_the_idle_timeout() {
     let proxy = proxy("idle_timeout = \"500ms\"").await;
     // HTTP/1.1 on the relay: one request, then idle.
     let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("write");
-    let mut buf = [0u8; 1024];
-    let n = s.read(&mut buf).await.expect("answer");
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    get_on(&mut s).await;
     let started = Instant::now();
     let (_, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
     assert!(closed, "an idle HTTP/1.1 connection stayed open");
@@ -185,17 +180,23 @@ async fn idle_keep_alive_and_h2c_connections_close_at_the_idle_timeout() {
     assert_eq!(answer.status, StatusCode::OK);
 }
 
+/// A GET on an open connection; its answer must be a 200 (read in one go: it is
+/// small).
+async fn get_on(s: &mut TcpStream) {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.expect("answer");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+}
+
 async fn open_idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut held = Vec::new();
     for _ in 0..n {
         let mut s = TcpStream::connect(addr).await.expect("connect");
         // A whole request, so each is surely accepted and counted before the next.
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .expect("write");
-        let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).await.expect("answer");
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        get_on(&mut s).await;
         held.push(s);
     }
     held
@@ -213,13 +214,7 @@ async fn at_max_connections_new_connections_are_closed_at_once_and_open_ones_are
         assert!(closed && answer.is_empty(), "over the cap: {answer:?}");
     }
     // The open ones are served, and so is the admin socket.
-    let s = &mut held[0];
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("write");
-    let mut buf = [0u8; 1024];
-    let n = s.read(&mut buf).await.expect("answer");
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    get_on(&mut held[0]).await;
     let status = proxy.status().await;
     assert_eq!(status["live"], "blue");
     let metrics = admin_text(&proxy.socket, "/metrics").await.1;

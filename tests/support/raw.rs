@@ -166,8 +166,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
         req.path.unwrap_or(""),
         req.version.unwrap_or(1)
     );
-    let fields = req
-        .headers
+    Ok(Some((head_len, line, owned_fields(req.headers))))
+}
+
+/// Parsed fields as owned (name, value) pairs, values read lossily as text.
+pub fn owned_fields(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
         .iter()
         .map(|h| {
             (
@@ -175,8 +179,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
                 String::from_utf8_lossy(h.value).into_owned(),
             )
         })
-        .collect();
-    Ok(Some((head_len, line, fields)))
+        .collect()
 }
 
 /// One request at the start of `buf`, if it is all there; its body is framed by
