@@ -128,7 +128,7 @@ async fn ctl_switch_wait_returns_once_blues_in_flight_count_reaches_zero_and_sho
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_streaming_response_is_closed_at_the_drain_deadline_and_blue_goes_idle() {
+async fn stuck_requests_are_closed_at_the_drain_deadline_and_blue_goes_idle() {
     let blue = TestBackend::start("blue").await;
     let green = TestBackend::start("green").await;
     let proxy = Proxy::start(&[blue.addr], &[green.addr], "[drain]\ntimeout = \"1s\"").await;
@@ -147,9 +147,18 @@ async fn a_stuck_streaming_response_is_closed_at_the_drain_deadline_and_blue_goe
     let resp = h2.send_request(req).await.expect("h2 head");
     assert_eq!(resp.status(), http::StatusCode::OK);
     let mut h2_body = resp.into_body();
+    // And two that never get a head: on the relay and over h2c.
+    let hung_relay = spawn_get(proxy.addr, "/hang");
+    let hung_h2 = {
+        let req = http::Request::get("http://app.example/hang")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let sent = h2.send_request(req);
+        tokio::spawn(sent)
+    };
     proxy
-        .wait_until("two requests in flight on blue", |s| {
-            s["pools"]["blue"]["in_flight"] == 2
+        .wait_until("four requests in flight on blue", |s| {
+            s["pools"]["blue"]["in_flight"] == 4
         })
         .await;
     proxy.switch("green").await;
@@ -157,7 +166,12 @@ async fn a_stuck_streaming_response_is_closed_at_the_drain_deadline_and_blue_goe
         .wait_until("blue drained", |s| s["pools"]["blue"]["role"] == "idle")
         .await;
     assert_eq!(status["pools"]["blue"]["in_flight"], 0);
-    assert_eq!(status["pools"]["blue"]["requests_closed_by_drain"], 2);
+    assert_eq!(status["pools"]["blue"]["requests_closed_by_drain"], 4);
+    // Those without a head get 503 (the backend is not at fault).
+    let answer = hung_relay.await.expect("relay task");
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    let answer = hung_h2.await.expect("h2 task").expect("h2 answer");
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
     // Both clients see their response end early: the relay's connection closes, the
     // h2 stream is reset.
     let mut rest = Vec::new();

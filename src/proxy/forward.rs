@@ -146,14 +146,14 @@ impl Sent {
         } = self;
         let color = in_flight.color();
         let (req, body_sent) = headers::signal_sent(req);
-        let mut answer = send(&mut in_flight, req, retry, timeout, body_sent).await;
+        let mut answer = send(&in_flight, req, retry, timeout, body_sent).await;
         if let Ok(Err(SendFailure {
             error,
             unsent: Some(req),
         })) = answer
         {
             answer = if retry_elsewhere(&mut in_flight, &error) {
-                send(&mut in_flight, req, retry, timeout, None).await
+                send(&in_flight, req, retry, timeout, None).await
             } else {
                 Ok(Err(error.into()))
             };
@@ -161,7 +161,19 @@ impl Sent {
         let answer = answer.map(|sent| sent.map_err(|failure| failure.error));
         let (mut resp, conn) = match answer {
             Ok(Ok(exchange)) => exchange,
-            Err(_) => {
+            Err(Waited::Drained) => {
+                // Not the backend's fault: counted as closed by the drain, answered 503.
+                in_flight.closed_by_drain();
+                in_flight.status = 503;
+                let mut resp = local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "503 Service Unavailable: the old colour's drain deadline passed\n",
+                );
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return resp;
+            }
+            Err(Waited::Timeout) => {
                 let err = ProxyError::Timeout {
                     backend: in_flight.backend().address.clone(),
                     color,
@@ -240,20 +252,32 @@ impl Sent {
     }
 }
 
+/// Why no response head came in time.
+enum Waited {
+    /// `upstream.response_timeout` passed after the request was sent.
+    Timeout,
+    /// Its colour's drain deadline passed while it waited.
+    Drained,
+}
+
+/// How often a request waiting for its response head checks its colour's drain
+/// deadline.
+const CUT_CHECK: Duration = Duration::from_secs(1);
+
 /// Sends `req` to the request's backend and waits for the response head: bounded by
 /// `timeout` from when the request's body has been sent on (`body_sent` resolves then;
 /// `None` when it has no body), so a slow upload is the client's pace, not the
-/// backend's delay.
+/// backend's delay; and by the colour's drain deadline, checked each second.
 async fn send(
-    in_flight: &mut InFlight,
+    in_flight: &InFlight,
     req: Request<ClientBody>,
     retry: bool,
     timeout: Duration,
     body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
-) -> Result<Result<(Response<hyper::body::Incoming>, crate::idle::Sender), SendFailure>, ()> {
+) -> Result<Result<(Response<hyper::body::Incoming>, crate::idle::Sender), SendFailure>, Waited> {
     let upstreams = in_flight.tracker().upstreams();
     let sent = upstreams.send(in_flight.backend(), req, retry);
-    // Pinned where it is: the timeout wraps a reference, not a copy of it.
+    // Pinned where it is: the waits below hold a reference, not a copy of it.
     tokio::pin!(sent);
     if let Some(body_sent) = body_sent {
         tokio::select! {
@@ -263,7 +287,22 @@ async fn send(
             _ = body_sent => {}
         }
     }
-    tokio::time::timeout(timeout, sent).await.map_err(|_| ())
+    let respond_by = tokio::time::Instant::now() + timeout;
+    loop {
+        let tick = respond_by.min(tokio::time::Instant::now() + CUT_CHECK);
+        tokio::select! {
+            biased;
+            answer = &mut sent => return Ok(answer),
+            () = tokio::time::sleep_until(tick) => {
+                if in_flight.is_cut() {
+                    return Err(Waited::Drained);
+                }
+                if tokio::time::Instant::now() >= respond_by {
+                    return Err(Waited::Timeout);
+                }
+            }
+        }
+    }
 }
 
 /// A response head the rulebook refuses: 502, a protocol error against the backend.

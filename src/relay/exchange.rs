@@ -12,6 +12,10 @@ use tokio::time::Instant;
 
 use super::body::{relay_body, spare};
 use super::{Conn, Exchange, READ_SIZE};
+
+/// How often a request waiting for its response head checks its colour's drain
+/// deadline.
+const CUT_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::chunked::Chunked;
 use crate::deadline::Deadline;
 use crate::dispatch::{Proxy, book_failure, retry_elsewhere};
@@ -31,6 +35,8 @@ enum Failure {
     Timeout,
     /// The client closed its connection while waiting.
     ClientGone,
+    /// Its colour's drain deadline passed while it waited for the head.
+    Drained,
 }
 
 /// What the client is sent of a response head.
@@ -58,7 +64,9 @@ pub(super) async fn exchange(
 ) -> bool {
     let mut backend = Arc::clone(ex.in_flight.backend());
     let upstreams = proxy.tracker.upstreams();
-    deadline.set(Instant::now() + proxy.response_timeout);
+    let now = Instant::now();
+    let mut respond_by = now + proxy.response_timeout;
+    deadline.set(respond_by.min(now + CUT_CHECK));
     let color = proxy.color_header.then(|| ex.in_flight.color().as_str());
     if c.up.capacity() == 0 {
         c.up = spare::bytes();
@@ -78,7 +86,17 @@ pub(super) async fn exchange(
             },
         };
         c.up.clear();
-        match response_head(c, proxy, &mut upstream, &ex, color, deadline).await {
+        match response_head(
+            c,
+            proxy,
+            &mut upstream,
+            &ex,
+            color,
+            deadline,
+            &mut respond_by,
+        )
+        .await
+        {
             Ok(head) => break (upstream, head),
             Err(Failure::Unanswered(_)) if reused && ex.retry => continue,
             Err(Failure::Unanswered(e)) => return failed(c, proxy, ex, Failure::Io(e)).await,
@@ -127,6 +145,7 @@ async fn response_head(
     ex: &Exchange,
     color: Option<&str>,
     deadline: &mut Deadline,
+    respond_by: &mut Instant,
 ) -> Result<Head, Failure> {
     // The request is the head in `c.out` then a large body kept where it was read.
     let total = c.out.len() + ex.body.len();
@@ -189,7 +208,7 @@ async fn response_head(
                     written += n;
                     if written == total {
                         // The response timer runs from when the request has been sent.
-                        deadline.set(Instant::now() + proxy.response_timeout);
+                        *respond_by = Instant::now() + proxy.response_timeout;
                     }
                 }
                 Err(e) if c.up.is_empty() => return Err(Failure::Unanswered(e)),
@@ -206,7 +225,19 @@ async fn response_head(
                 Err(e) => return Err(Failure::Io(e)),
                 Ok(_) => {}
             },
-            () = deadline.reached() => return Err(Failure::Timeout),
+            // Reached each second while it waits (the deadline is lazy: a request that
+            // is answered sooner moves it and arms nothing): the drain deadline, then
+            // the response timeout.
+            () = deadline.reached() => {
+                if ex.in_flight.is_cut() {
+                    return Err(Failure::Drained);
+                }
+                let now = Instant::now();
+                if now >= *respond_by {
+                    return Err(Failure::Timeout);
+                }
+                deadline.set((*respond_by).min(now + CUT_CHECK));
+            }
             // A client that leaves stops the wait; a pipelining one has its next request
             // kept (up to a head's worth).
             read = c.client.read_buf(&mut c.buf), if c.buf.len() < proxy.policy.limits.max_request_head => match read {
@@ -235,6 +266,22 @@ async fn failed(c: &mut Conn, proxy: &Proxy, ex: Exchange, failure: Failure) -> 
                 cause: e.to_string(),
             },
         ),
+        Failure::Drained => {
+            // Not the backend's fault: counted as closed by the drain, answered 503.
+            let mut in_flight = in_flight;
+            in_flight.closed_by_drain();
+            in_flight.status = 503;
+            drop(in_flight);
+            c.out.clear();
+            h1::write_local(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "503 Service Unavailable: the old colour's drain deadline passed\n",
+                true,
+                &mut c.out,
+            );
+            let _ = Conn::write(&mut c.client, &c.out, c.write_timeout).await;
+            return false;
+        }
         Failure::ClientGone => {
             // Nobody to answer, and the backend's answer, if any, is not read: not the
             // backend's failure. The request ends with no status (as on hyper's path).
