@@ -54,7 +54,7 @@ async fn slowloris_connections_are_closed_at_the_header_timeout_while_others_are
     let proxy = Proxy::from_text(dir, &text).await;
     let started = Instant::now();
     let mut slow = Vec::new();
-    for _ in 0..300 {
+    for _ in 0..500 {
         let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
         s.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
         slow.push(s);
@@ -262,4 +262,34 @@ async fn a_body_at_max_body_is_served_and_one_byte_more_gets_413_on_every_path()
         let resp = h2.send_request(req).await.expect("h2 answer");
         assert_eq!(resp.status().as_str(), status, "h2 {size}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_pauses_mid_body_past_the_read_timeout_ends_the_response() {
+    let proxy = Proxy::start(
+        &[backend("blue").await],
+        &[backend("green").await],
+        "[upstream]\nread_timeout = \"500ms\"",
+    )
+    .await;
+    // The backend sends a head and one chunk, then nothing.
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET /drip HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let (answer, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("tick"), "{answer:?}");
+    assert!(closed, "the response never ended");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // Counted against the backend, as a timeout mid-body.
+    let metrics = admin_text(&proxy.socket, "/metrics").await.1;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"cutover_upstream_errors_total{color="blue",kind="timeout"}"#
+        ),
+        1.0
+    );
 }
