@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
 use crate::color::Color;
+use crate::config::Access;
 use crate::drain::Tracker;
 use crate::error::{AdminError, SwitchError};
 use crate::snapshot::Snapshot;
@@ -33,6 +34,8 @@ pub struct Admin {
     /// The per-colour counts and drains for `/status` and `wait`, and the telemetry
     /// `/metrics` renders.
     pub tracker: Arc<Tracker>,
+    /// Who may read and who may change routing (`[admin.read]`, `[admin.control]`).
+    pub access: Access,
 }
 
 /// Largest request body the admin API reads.
@@ -227,6 +230,17 @@ impl Admin {
                 method: method.to_string(),
                 path: path.to_owned(),
                 allow,
+            });
+        }
+        let control = allow == "POST";
+        if !self.access.admits(control, caller.uid, caller.gid) {
+            let level = if control { "control" } else { "read" };
+            tracing::warn!(uid = caller.uid, gid = caller.gid, %path, level, "admin request forbidden");
+            return Err(AdminError::Forbidden {
+                uid: caller
+                    .uid
+                    .map_or_else(|| "unknown".to_owned(), |u| u.to_string()),
+                level,
             });
         }
         match path {
@@ -561,8 +575,10 @@ pub async fn serve(
             tracing::debug!("admin connection limit reached; closing a new connection");
             continue;
         };
+        let cred = stream.peer_cred().ok();
         let caller = Caller {
-            uid: stream.peer_cred().ok().map(|c| c.uid()),
+            uid: cred.map(|c| c.uid()),
+            gid: cred.map(|c| c.gid()),
         };
         let admin = Arc::clone(&admin);
         let service = service_fn(move |req| {

@@ -126,6 +126,10 @@ pub enum AdminError {
     BadRequest(String),
     #[error("no such endpoint {0}; try GET /status, POST /switch, POST /rollback, GET /metrics")]
     NotFound(String),
+    #[error(
+        "uid {uid} may not {level} here; ask for it to be added to [admin.{level}] uids (or its group to gids)"
+    )]
+    Forbidden { uid: String, level: &'static str },
     #[error("{method} is not allowed on {path}; use {allow}")]
     MethodNotAllowed {
         /// The method the request used.
@@ -147,6 +151,7 @@ impl AdminError {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::Switch(SwitchError::Persist { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             AdminError::Switch(_) => StatusCode::CONFLICT,

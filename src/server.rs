@@ -127,6 +127,7 @@ impl Server {
         let admin = Arc::new(Admin {
             switchboard,
             tracker: Arc::clone(&tracker),
+            access: config.admin.access.clone(),
         });
 
         let proxy_listener = listener::bind(config.listen.address, config.listen.backlog)

@@ -46,6 +46,8 @@ pub struct StateReport {
 pub struct Caller {
     /// Unix uid of the admin socket peer (SO_PEERCRED), when known.
     pub uid: Option<u32>,
+    /// Its gid, for the admin allow-lists.
+    pub gid: Option<u32>,
 }
 
 /// The outcome of an accepted change.

@@ -192,3 +192,40 @@ async fn a_body_sent_a_byte_at_a_time_and_a_thousand_idle_connections_leave_rss_
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert_eq!(proxy.status().await["live"], "blue");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_off_the_control_list_gets_403_for_a_switch_and_200_for_status() {
+    use std::os::unix::fs::MetadataExt;
+    let probe = tempfile::NamedTempFile::new().expect("temp file");
+    let me = probe.as_file().metadata().expect("metadata").uid();
+    let other = me + 4242;
+    let backends = [backend("blue").await, backend("green").await];
+    for (lists, status_code, switch_code) in [
+        (format!("[admin.control]\nuids = [{other}]"), 200, 403),
+        (format!("[admin.control]\nuids = [{me}]"), 200, 200),
+        (format!("[admin.read]\nuids = [{other}]"), 403, 200),
+        (
+            format!("[admin.read]\nuids = [{other}]\n[admin.control]\nuids = [{me}]"),
+            200,
+            200,
+        ),
+    ] {
+        let proxy = Proxy::start(&backends[..1], &backends[1..], &lists).await;
+        let (status, _) = proxy.admin(Method::GET, "/status", "").await;
+        assert_eq!(status.as_u16(), status_code, "GET /status with {lists:?}");
+        let (status, body) = proxy
+            .admin(Method::POST, "/switch", r#"{"to":"green"}"#)
+            .await;
+        assert_eq!(
+            status.as_u16(),
+            switch_code,
+            "POST /switch with {lists:?}: {body}"
+        );
+        if switch_code == 403 {
+            let error = body["error"].as_str().unwrap_or_default();
+            assert!(error.contains(&me.to_string()), "{error}");
+            // Nothing changed.
+            assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+        }
+    }
+}

@@ -100,6 +100,7 @@ mod api {
         Api(Admin {
             switchboard,
             tracker,
+            access: Default::default(),
         })
     }
 
@@ -111,7 +112,15 @@ mod api {
             body: Bytes,
         ) -> Response<Full<Bytes>> {
             self.0
-                .respond(method, path, body, Caller { uid: Some(0) })
+                .respond(
+                    method,
+                    path,
+                    body,
+                    Caller {
+                        uid: Some(0),
+                        gid: Some(0),
+                    },
+                )
                 .await
         }
     }

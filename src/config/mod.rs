@@ -84,6 +84,45 @@ pub struct AdminConfig {
     pub socket: PathBuf,
     /// File mode of the socket; 0600 by default so only the owner can switch traffic.
     pub mode: u32,
+    /// Who may read (status, metrics) and who may change routing, beyond who can open
+    /// the socket.
+    pub access: Access,
+}
+
+/// Admin API permission levels, checked per request with the caller's SO_PEERCRED
+/// credentials. A level without a list is open to anyone who can open the socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// `[admin.read]`: GET endpoints. Whoever may control may also read.
+    pub read: Option<Allow>,
+    /// `[admin.control]`: anything that changes state.
+    pub control: Option<Allow>,
+}
+
+/// Users and groups allowed at one level.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allow {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+impl Allow {
+    /// Whether a caller with these credentials is on the list.
+    pub fn admits(&self, uid: Option<u32>, gid: Option<u32>) -> bool {
+        uid.is_some_and(|u| self.uids.contains(&u)) || gid.is_some_and(|g| self.gids.contains(&g))
+    }
+}
+
+impl Access {
+    /// Whether the caller may use a level: `control` for changes, else read.
+    pub fn admits(&self, control: bool, uid: Option<u32>, gid: Option<u32>) -> bool {
+        let controls = self.control.as_ref().is_none_or(|a| a.admits(uid, gid));
+        if control {
+            return controls;
+        }
+        let may_control = self.control.as_ref().is_some_and(|a| a.admits(uid, gid));
+        self.read.as_ref().is_none_or(|a| a.admits(uid, gid)) || may_control
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -252,6 +291,7 @@ impl Config {
             admin: AdminConfig {
                 socket: PathBuf::from("cutover.sock"),
                 mode: DEFAULT_SOCKET_MODE,
+                access: Access::default(),
             },
             state_file: None,
             pools: [

@@ -103,6 +103,20 @@ pub(super) struct RawAdmin {
     pub(super) socket: PathBuf,
     /// File mode of the socket, as an octal literal such as `0o600` (the default).
     pub(super) mode: Option<u32>,
+    /// `[admin.read]`: who may use the GET endpoints.
+    pub(super) read: Option<RawAllow>,
+    /// `[admin.control]`: who may change routing.
+    pub(super) control: Option<RawAllow>,
+}
+
+/// An allow-list of users and groups, by numeric id.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAllow {
+    #[serde(default)]
+    pub(super) uids: Vec<u32>,
+    #[serde(default)]
+    pub(super) gids: Vec<u32>,
 }
 
 #[derive(Debug, Deserialize)]

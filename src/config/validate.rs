@@ -184,6 +184,16 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
         admin: AdminConfig {
             socket: raw.admin.socket,
             mode,
+            access: Access {
+                read: raw.admin.read.map(|a| Allow {
+                    uids: a.uids,
+                    gids: a.gids,
+                }),
+                control: raw.admin.control.map(|a| Allow {
+                    uids: a.uids,
+                    gids: a.gids,
+                }),
+            },
         },
         state_file: raw.state.map(|s| s.file),
         pools: pools?,
