@@ -490,7 +490,7 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
 
 /// Binds the admin socket with `mode`. An existing socket file is replaced only when
 /// nothing answers on it (a stale leftover); a live one or a non-socket file is an error.
-pub async fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
+pub async fn bind(path: &Path, mode: u32, group: Option<u32>) -> io::Result<UnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if tokio::net::UnixStream::connect(path).await.is_ok() {
@@ -540,6 +540,9 @@ pub async fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
         .map_err(cannot)?;
     let staged = private.join("s");
     let bound = UnixListener::bind(&staged).and_then(|listener| {
+        if group.is_some() {
+            std::os::unix::fs::chown(&staged, None, group)?;
+        }
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
         std::fs::rename(&staged, path)?;
         Ok(listener)

@@ -141,9 +141,10 @@ impl Server {
             ),
             None => None,
         };
-        let admin_listener = admin::bind(&config.admin.socket, config.admin.mode)
-            .await
-            .map_err(StartError::Admin)?;
+        let admin_listener =
+            admin::bind(&config.admin.socket, config.admin.mode, config.admin.group)
+                .await
+                .map_err(StartError::Admin)?;
         Ok(Server {
             proxy_listener,
             admin_listener,

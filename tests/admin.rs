@@ -229,3 +229,38 @@ async fn a_caller_off_the_control_list_gets_403_for_a_switch_and_200_for_status(
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_gets_the_configured_group_and_mode_and_an_unknown_group_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let backends = [backend("blue").await, backend("green").await];
+    // gid 1 stands for "a group other than the process's own"; a name works as well.
+    let proxy = Proxy::start(&backends[..1], &backends[1..], "").await;
+    let own = std::fs::metadata(&proxy.socket).expect("socket").gid();
+    let other = if own == 1 { 2 } else { 1 };
+    drop(proxy);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = support::config_text(dir.path(), &backends[..1], &backends[1..], "").replace(
+        "[pools.blue]",
+        &format!("group = \"{other}\"\nmode = 0o660\n\n[pools.blue]"),
+    );
+    let proxy = Proxy::from_text(dir, &text).await;
+    let meta = std::fs::metadata(&proxy.socket).expect("socket");
+    assert_eq!(meta.gid(), other);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(proxy.status().await["live"], "blue");
+    // A name that is no group on this machine is a config problem, named.
+    let bad = support::config_text(
+        std::path::Path::new("/tmp"),
+        &backends[..1],
+        &backends[1..],
+        "",
+    )
+    .replace(
+        "[pools.blue]",
+        "group = \"no-such-group-here\"\n\n[pools.blue]",
+    );
+    let err = cutover::config::Config::parse(&bad, std::path::Path::new("t.toml"))
+        .expect_err("an unknown group is refused");
+    assert!(err.to_string().contains("admin.group"), "{err}");
+}

@@ -215,13 +215,14 @@ async fn a_forced_switch_past_the_gate_is_audited_as_forced_and_dry_run_explains
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_outage_under_load_logs_a_bounded_number_of_lines() {
-    // Blue's only backend is down: every request fails (502), for about two seconds.
+    // Blue's only backend is down: every request fails (502), 600 of them (at most
+    // ten seconds on a slow machine).
     let dead = support::closed_port().await;
     let green = TestBackend::start("green").await;
     let mut proxy = start(&[dead], &[green.addr], "").await;
     let started = Instant::now();
     let mut failed = 0;
-    while started.elapsed() < Duration::from_secs(2) {
+    while failed < 600 && started.elapsed() < Duration::from_secs(10) {
         let batch: Vec<_> = (0..32).map(|_| spawn_get(proxy.addr, "/")).collect();
         for request in batch {
             let answer = request.await.expect("request task");
@@ -234,13 +235,15 @@ async fn a_backend_outage_under_load_logs_a_bounded_number_of_lines() {
     let log = std::fs::read_to_string(&proxy.log).expect("log");
     let lines = log.lines().count();
     let errors = log.lines().filter(|l| l.contains("proxy error")).count();
-    assert!(failed > 500, "only {failed} requests");
-    // A few lines a second per kind of failure, not one per request.
+    assert!(failed >= 600, "only {failed} requests in ten seconds");
+    // A few lines a second per kind of failure (two kinds here at most), not one per
+    // request.
+    let seconds = started.elapsed().as_secs() as usize + 2;
     assert!(
-        errors <= 40,
-        "{errors} error lines for {failed} failures:\n{log}"
+        errors <= 10 * seconds,
+        "{errors} error lines for {failed} failures in {seconds} s:\n{log}"
     );
-    assert!(lines <= 80, "{lines} lines for {failed} failures");
+    assert!(lines <= errors + 40, "{lines} lines for {failed} failures");
     assert!(log.contains("suppressed"), "{log}");
 }
 

@@ -87,6 +87,9 @@ pub struct AdminConfig {
     /// Who may read (status, metrics) and who may change routing, beyond who can open
     /// the socket.
     pub access: Access,
+    /// Group the socket belongs to (its gid), so a deploy user in that group can open
+    /// it with a mode such as 0o660; `None` leaves the process's group.
+    pub group: Option<u32>,
 }
 
 /// Admin API permission levels, checked per request with the caller's SO_PEERCRED
@@ -292,6 +295,7 @@ impl Config {
                 socket: PathBuf::from("cutover.sock"),
                 mode: DEFAULT_SOCKET_MODE,
                 access: Access::default(),
+                group: None,
             },
             state_file: None,
             pools: [

@@ -103,6 +103,8 @@ pub(super) struct RawAdmin {
     pub(super) socket: PathBuf,
     /// File mode of the socket, as an octal literal such as `0o600` (the default).
     pub(super) mode: Option<u32>,
+    /// Group of the socket: a name from /etc/group or a numeric gid.
+    pub(super) group: Option<String>,
     /// `[admin.read]`: who may use the GET endpoints.
     pub(super) read: Option<RawAllow>,
     /// `[admin.control]`: who may change routing.

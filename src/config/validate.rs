@@ -182,6 +182,20 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
             max_streams,
         },
         admin: AdminConfig {
+            group: raw.admin.group.as_deref().and_then(|g| {
+                let gid = group_id(g);
+                if gid.is_none() {
+                    problem(
+                        problems,
+                        "admin.group",
+                        format!(
+                            "no group {:?} on this machine; create it (groupadd) or give a numeric gid",
+                            Excerpt(g)
+                        ),
+                    );
+                }
+                gid
+            }),
             socket: raw.admin.socket,
             mode,
             access: Access {
@@ -286,6 +300,19 @@ fn policy(
         underscores,
         trusted,
     }
+}
+
+/// A group's gid: a number as it is, a name looked up in /etc/group.
+fn group_id(text: &str) -> Option<u32> {
+    if let Ok(gid) = text.parse::<u32>() {
+        return Some(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut parts = line.split(':');
+        (parts.next()? == text).then_some(())?;
+        parts.nth(1)?.parse().ok()
+    })
 }
 
 /// One worker per available core.
