@@ -164,19 +164,22 @@ pub(crate) fn retry_elsewhere(in_flight: &mut InFlight, cause: &dyn std::fmt::Di
 static NO_BACKEND_LOG: LogLimit = LogLimit::new();
 static FAILURE_LOG: LogLimit = LogLimit::new();
 
-/// What every upstream failure costs, on either path: a failure in the backend's run
-/// (passive ejection), the error counter, the request's status, a log line.
+/// What every failure of a routed request costs, on either path: the request's status
+/// and a log line; when it is the backend's fault (the rulebook's blame), also a
+/// failure in the backend's run (passive ejection) and the upstream error counter.
 pub(crate) fn book_failure(
     in_flight: &mut InFlight,
     kind: ErrorKind,
     err: &ProxyError,
     peer: SocketAddr,
 ) {
-    in_flight.backend().record(false);
-    in_flight
-        .tracker()
-        .telemetry()
-        .upstream_error(in_flight.color(), kind);
+    if err.fault().counts_against_backend() {
+        in_flight.backend().record(false);
+        in_flight
+            .tracker()
+            .telemetry()
+            .upstream_error(in_flight.color(), kind);
+    }
     in_flight.status = err.status().as_u16();
     if let Some(suppressed) = FAILURE_LOG.allow() {
         tracing::warn!(peer = %peer, error = %err, suppressed, "proxy error");

@@ -20,6 +20,10 @@ use crate::metrics::{ColorCounts, ErrorKind, Telemetry};
 use crate::pool::{Backend, BackendGuard};
 use crate::upstream::Upstreams;
 
+/// How often a request that waits (for a response head, or on a body) checks whether
+/// its colour's drain deadline has passed: every path uses this one interval.
+pub const CUT_CHECK: Duration = Duration::from_secs(1);
+
 /// How often a drain task looks at the counts.
 const POLL: Duration = Duration::from_millis(25);
 

@@ -43,6 +43,9 @@ pub enum ProxyError {
         /// The response timeout that passed (`upstream.response_timeout`).
         after: Duration,
     },
+    /// Its colour's drain deadline passed before the backend answered.
+    #[error("the {color} drain deadline passed before {backend} answered")]
+    Drained { backend: String, color: Color },
     /// The client's request body broke off or was malformed while it was being sent on.
     #[error("the client's request body to {backend} ({color}) was malformed or cut short: {cause}")]
     ClientBody {
@@ -62,6 +65,7 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Drained { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -69,6 +73,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::ClientBody { .. } => Fault::Client,
+            ProxyError::Drained { .. } => Fault::Drain,
             _ => Fault::Backend,
         }
     }
@@ -81,6 +86,9 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "502 Bad Gateway: backend failed before responding\n",
             ProxyError::Timeout { .. } => "504 Gateway Timeout: backend did not respond in time\n",
             ProxyError::ClientBody { .. } => "400 Bad Request: invalid request body\n",
+            ProxyError::Drained { .. } => {
+                "503 Service Unavailable: the old colour's drain deadline passed\n"
+            }
         }
     }
 }

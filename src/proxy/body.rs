@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::forward::http_error_kind;
-use crate::drain::InFlight;
+use crate::drain::{CUT_CHECK, InFlight};
 use crate::idle::Sender;
 
 /// The body sent back to the client: a backend's streamed body (holding the request's
@@ -39,9 +39,6 @@ pub enum ProxyBody {
 
 /// What ends a response body on hyper's path besides the backend's own error.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// How often a body that waits on its backend checks for its colour's drain deadline.
-const CUT_CHECK: Duration = Duration::from_secs(1);
 
 pub fn local_response(status: http::StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::Local(Some(Bytes::from_static(text.as_bytes()))));

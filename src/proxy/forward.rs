@@ -12,7 +12,7 @@ use super::tunnel::spawn_tunnel;
 use super::{ProxyBody, X_CUTOVER_COLOR, local_response};
 use crate::color::Color;
 use crate::dispatch::{book_failure, retry_elsewhere};
-use crate::drain::InFlight;
+use crate::drain::{CUT_CHECK, InFlight};
 use crate::error::ProxyError;
 use crate::headers::{self, ClientBody};
 use crate::metrics::ErrorKind;
@@ -164,11 +164,12 @@ impl Sent {
             Err(Waited::Drained) => {
                 // Not the backend's fault: counted as closed by the drain, answered 503.
                 in_flight.closed_by_drain();
-                in_flight.status = 503;
-                let mut resp = local_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "503 Service Unavailable: the old colour's drain deadline passed\n",
-                );
+                let err = ProxyError::Drained {
+                    backend: in_flight.backend().address.clone(),
+                    color,
+                };
+                in_flight.status = err.status().as_u16();
+                let mut resp = local_response(err.status(), err.client_message());
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return resp;
@@ -259,10 +260,6 @@ enum Waited {
     /// Its colour's drain deadline passed while it waited.
     Drained,
 }
-
-/// How often a request waiting for its response head checks its colour's drain
-/// deadline.
-const CUT_CHECK: Duration = Duration::from_secs(1);
 
 /// Sends `req` to the request's backend and waits for the response head: bounded by
 /// `timeout` from when the request's body has been sent on (`body_sent` resolves then;

@@ -131,12 +131,7 @@ impl Proxy {
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
             parts.uri = Uri::from(origin);
         }
-        let retry = retry::may_retry(
-            parts.method.as_str(),
-            true,
-            false,
-            http_body::Body::is_end_stream(&body),
-        );
+        let retry = retry::may_retry(parts.method.as_str(), http_body::Body::is_end_stream(&body));
         Ok(Sent {
             in_flight,
             req: Request::from_parts(

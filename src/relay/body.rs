@@ -13,17 +13,9 @@ use tokio::net::TcpStream;
 use super::{Conn, READ_SIZE};
 use crate::chunked::Chunked;
 use crate::deadline::Deadline;
-use crate::drain::InFlight;
+use crate::drain::{CUT_CHECK, InFlight};
 use crate::metrics::ErrorKind;
 use crate::rules::response::Framing;
-
-/// Writes `c.out` (the response head) and the body after it to the client. Returns
-/// whether the body ended where its framing says (else the backend closed first). A
-/// backend that breaks off or garbles the body is booked on the request as an
-/// upstream error; a client that stops reading is not.
-/// How often a body that waits on its backend checks whether its colour's drain
-/// deadline has passed.
-const CUT_CHECK: Duration = Duration::from_secs(1);
 
 pub(super) async fn relay_body(
     c: &mut Conn,

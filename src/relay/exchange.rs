@@ -13,12 +13,10 @@ use tokio::time::Instant;
 use super::body::{relay_body, spare};
 use super::{Conn, Exchange, READ_SIZE};
 
-/// How often a request waiting for its response head checks its colour's drain
-/// deadline.
-const CUT_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::chunked::Chunked;
 use crate::deadline::Deadline;
 use crate::dispatch::{Proxy, book_failure, retry_elsewhere};
+use crate::drain::CUT_CHECK;
 use crate::error::ProxyError;
 use crate::h1;
 use crate::metrics::ErrorKind;
@@ -267,18 +265,15 @@ async fn failed(c: &mut Conn, proxy: &Proxy, ex: Exchange, failure: Failure) -> 
             },
         ),
         Failure::Drained => {
-            // Not the backend's fault: counted as closed by the drain, answered 503.
+            // Not the backend's fault: counted as closed by the drain, answered 503,
+            // and the connection closed.
             let mut in_flight = in_flight;
             in_flight.closed_by_drain();
-            in_flight.status = 503;
+            let err = ProxyError::Drained { backend, color };
+            in_flight.status = err.status().as_u16();
             drop(in_flight);
             c.out.clear();
-            h1::write_local(
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                "503 Service Unavailable: the old colour's drain deadline passed\n",
-                true,
-                &mut c.out,
-            );
+            h1::write_local(err.status(), err.client_message(), true, &mut c.out);
             let _ = Conn::write(&mut c.client, &c.out, c.write_timeout).await;
             return false;
         }

@@ -373,7 +373,7 @@ fn begin(
         in_flight,
         body: Bytes::new(),
         // The body is buffered: a retry can send all of it again.
-        retry: retry::may_retry(req.method, true, false, true),
+        retry: retry::may_retry(req.method, true),
         head: req.method == "HEAD",
         close: req.plan.close,
     })

@@ -11,6 +11,8 @@ pub enum Fault {
     Client,
     /// The backend: unreachable, silent, or it sent something that cannot be forwarded.
     Backend,
+    /// Nobody's: its colour's drain deadline passed while it still ran.
+    Drain,
 }
 
 impl Fault {
