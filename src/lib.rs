@@ -58,6 +58,7 @@ pub mod idle;
 pub mod listener;
 pub mod log_limit;
 pub mod metrics;
+pub mod pem;
 pub mod pool;
 pub mod proxy;
 pub mod relay;

@@ -6,6 +6,7 @@ pub mod backends;
 pub mod clients;
 pub mod proxy;
 pub mod raw;
+pub mod tls;
 
 pub use backends::*;
 pub use clients::*;
