@@ -51,14 +51,18 @@ pub struct Peer {
     pub forwarded_for: HeaderValue,
     /// `addr` is in `[forwarded] trusted`: its X-Forwarded-For is extended.
     pub trusted: bool,
+    /// `"http"` or `"https"`: how the client reached the listener, for
+    /// `X-Forwarded-Proto`.
+    pub scheme: &'static str,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, policy: &Policy) -> Peer {
+    pub fn new(addr: SocketAddr, policy: &Policy, scheme: &'static str) -> Peer {
         Peer {
             addr,
             forwarded_for: headers::forwarded_for(addr.ip()),
             trusted: forwarded::trusted(&policy.trusted, addr.ip()),
+            scheme,
         }
     }
 
@@ -67,7 +71,7 @@ impl Peer {
         Client {
             addr: self.forwarded_for.as_bytes(),
             trusted: self.trusted,
-            proto: "http",
+            proto: self.scheme,
         }
     }
 }

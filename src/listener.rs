@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +22,10 @@ use tracing::Instrument;
 use crate::config::ListenConfig;
 use crate::connections::{Connections, Timeouts, Watch};
 use crate::dispatch::{Peer, Proxy};
+use crate::redirect;
 use crate::relay;
 use crate::rules::Limits;
+use crate::tls::{HandshakeFailure, Terminator};
 
 /// How often an HTTP/2 connection is pinged, and how long its answer may take.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -73,29 +75,87 @@ pub fn default_max_connections() -> usize {
     usize::try_from(n).unwrap_or(usize::MAX).max(16)
 }
 
-/// Accepts and serves connections until `shutdown` resolves, then returns the watcher
-/// of the still-open connections so the caller can wait for them (bounded by its grace).
-/// At most `max_connections` are open at once: one more is closed as soon as it is
-/// accepted, and counted, so the process keeps the descriptors its health checks and
-/// admin socket need.
+/// A bound client listener and how its connections are served.
+pub struct Bound {
+    pub listener: TcpListener,
+    pub serves: Serves,
+}
+
+/// What a listener's connections get.
+#[derive(Clone)]
+pub enum Serves {
+    /// Plain HTTP: the relay, then hyper.
+    Plain,
+    /// A TLS handshake in the connection's task, then the same as plain.
+    Tls(Arc<Terminator>),
+    /// A redirect to https for every request, at this port.
+    Redirect { https_port: u16 },
+}
+
+/// What every accept loop shares.
+struct Shared {
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    timeouts: Timeouts,
+    /// One place per open connection, across all listeners.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    /// Cloned into each connection's [`Watch`]: the count of open connections.
+    counted: watch::Receiver<()>,
+    /// Cancelled when open connections should finish.
+    stop: CancellationToken,
+}
+
+/// Accepts and serves connections on every listener until `shutdown` resolves, then
+/// returns the watcher of the still-open connections so the caller can wait for them
+/// (bounded by its grace). At most `max_connections` are open at once, across all
+/// listeners: one more is closed as soon as it is accepted, and counted, so the process
+/// keeps the descriptors its health checks and admin socket need.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<Bound>,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     timeouts: Timeouts,
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Connections {
-    let (tx, _) = watch::channel(());
+    let (tx, counted) = watch::channel(());
     let stop = CancellationToken::new();
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let shared = Arc::new(Shared {
+        proxy,
+        builder,
+        timeouts,
+        slots: Arc::new(Semaphore::new(max_connections)),
+        max_connections,
+        counted,
+        stop: stop.clone(),
+    });
+    let stop_accepting = CancellationToken::new();
+    let mut loops = tokio::task::JoinSet::new();
+    for bound in listeners {
+        loops.spawn(accept_loop(
+            bound,
+            Arc::clone(&shared),
+            stop_accepting.clone(),
+        ));
+    }
+    drop(shared);
+    shutdown.await;
+    stop_accepting.cancel();
+    while loops.join_next().await.is_some() {}
+    Connections::new(tx, stop)
+}
+
+/// Accepts on one listener until `stop` is cancelled; each connection gets its own
+/// task.
+async fn accept_loop(bound: Bound, shared: Arc<Shared>, stop: CancellationToken) {
+    let Bound { listener, serves } = bound;
     let mut pressure = Episode::default();
     let mut full = Episode::default();
-    tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => {
                     pressure.end("accepting connections again");
@@ -107,14 +167,14 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        let Ok(slot) = Arc::clone(&shared.slots).try_acquire_owned() else {
             // Closed at once: the client sees its connection end, the process keeps
             // its descriptors.
             drop(stream);
-            proxy.tracker.telemetry().connection_refused();
+            shared.proxy.tracker.telemetry().connection_refused();
             full.begin(|| {
                 tracing::warn!(
-                    max_connections,
+                    max_connections = shared.max_connections,
                     "connection limit reached; closing new connections until some end"
                 );
             });
@@ -124,18 +184,69 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(peer = %peer, error = %e, "set TCP_NODELAY failed");
         }
-        let conn = relay::serve(
-            stream,
-            Peer::new(peer, &proxy.policy),
-            Arc::clone(&proxy),
-            Arc::clone(&builder),
-            timeouts,
-            Watch::new(tx.subscribe(), stop.clone(), slot),
-        );
-        tokio::spawn(conn.instrument(tracing::debug_span!("conn", peer = %peer)));
+        let watch = Watch::new(shared.counted.clone(), shared.stop.clone(), slot);
+        let span = tracing::debug_span!("conn", peer = %peer);
+        match &serves {
+            Serves::Plain => {
+                let conn = relay::serve(
+                    stream,
+                    Peer::new(peer, &shared.proxy.policy, "http"),
+                    Arc::clone(&shared.proxy),
+                    Arc::clone(&shared.builder),
+                    shared.timeouts,
+                    watch,
+                );
+                tokio::spawn(conn.instrument(span));
+            }
+            Serves::Tls(tls) => {
+                let conn = serve_tls(stream, peer, Arc::clone(tls), Arc::clone(&shared), watch);
+                tokio::spawn(conn.instrument(span));
+            }
+            Serves::Redirect { https_port } => {
+                let (builder, port) = (Arc::clone(&shared.builder), *https_port);
+                let conn = async move { redirect::serve(stream, &builder, port, watch).await };
+                tokio::spawn(conn.instrument(span));
+            }
+        }
     }
-    drop(listener);
-    Connections::new(tx, stop)
+}
+
+/// The handshake, under its timeout, then the connection as on a plain listener: the
+/// relay for plain HTTP/1.1 requests (ALPN `http/1.1` or none), hyper for HTTP/2 (ALPN
+/// `h2`: the relay hands the preface over at once) and the rest. A failed handshake is
+/// counted by reason and logged at debug; it concerns no other connection.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<Terminator>,
+    shared: Arc<Shared>,
+    watch: Watch,
+) {
+    let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
+    let failure = match handshake.await {
+        Ok(Ok(stream)) => {
+            relay::serve(
+                stream,
+                Peer::new(peer, &shared.proxy.policy, "https"),
+                Arc::clone(&shared.proxy),
+                Arc::clone(&shared.builder),
+                shared.timeouts,
+                watch,
+            )
+            .await;
+            return;
+        }
+        Ok(Err(e)) => {
+            let why = HandshakeFailure::of(&e);
+            tracing::debug!(error = %e, reason = why.as_str(), "TLS handshake failed");
+            why
+        }
+        Err(_) => {
+            tracing::debug!(timeout = ?tls.handshake_timeout, "TLS handshake not finished in time");
+            HandshakeFailure::Timeout
+        }
+    };
+    shared.proxy.tracker.telemetry().handshake_failed(failure);
 }
 
 /// A run of the same trouble, logged when it begins and when it ends (with how many

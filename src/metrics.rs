@@ -25,6 +25,7 @@ use crate::color::Color;
 use crate::rules::request::{REASONS, Reject};
 use crate::snapshot::Snapshot;
 use crate::stats::Stats;
+use crate::tls::HandshakeFailure;
 
 /// Upper bounds of the request duration buckets, in µs: 1 ms to 10 s (then +Inf).
 const DURATION_BUCKETS_US: [u64; 14] = [
@@ -102,6 +103,11 @@ pub struct Telemetry {
     pub access_log: Option<AccessLog>,
     /// `cutover_access_log_dropped_total`: lines dropped because the writer was behind.
     access_dropped: Counter,
+    /// `cutover_tls_handshake_failures_total` by reason, in [`HandshakeFailure::ALL`]
+    /// order.
+    handshake_failures: [Counter; HandshakeFailure::ALL.len()],
+    /// `cutover_tls_certificate_reloads_total`: failed, then loaded.
+    certificate_reloads: [Counter; 2],
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
@@ -150,8 +156,22 @@ impl Telemetry {
         let connections_refused = counter("cutover_connections_refused_total", &[]);
         let refused =
             REASONS.map(|reason| counter("cutover_requests_refused_total", &[("reason", reason)]));
+        let handshake_failures = HandshakeFailure::ALL.map(|f| {
+            counter(
+                "cutover_tls_handshake_failures_total",
+                &[("reason", f.as_str())],
+            )
+        });
+        let certificate_reloads = ["error", "ok"].map(|result| {
+            counter(
+                "cutover_tls_certificate_reloads_total",
+                &[("result", result)],
+            )
+        });
         let handle = recorder.handle();
         Telemetry {
+            handshake_failures,
+            certificate_reloads,
             enabled,
             recorder,
             handle,
@@ -213,6 +233,16 @@ impl Telemetry {
 
     pub fn access_dropped(&self) {
         self.access_dropped.increment(1);
+    }
+
+    /// A TLS handshake that failed; counted even with per-request recording off.
+    pub fn handshake_failed(&self, why: HandshakeFailure) {
+        self.handshake_failures[why as usize].increment(1);
+    }
+
+    /// A listener's certificates read again: `ok` when the new ones are served.
+    pub fn certificates_reloaded(&self, ok: bool) {
+        self.certificate_reloads[usize::from(ok)].increment(1);
     }
 
     /// The Prometheus text, with state gauges read now.
@@ -297,7 +327,19 @@ impl DurationHistogram {
 }
 
 fn describe(r: &PrometheusRecorder) {
-    let help: [(&str, Option<Unit>, &str, bool); 15] = [
+    let help: [(&str, Option<Unit>, &str, bool); 17] = [
+        (
+            "cutover_tls_handshake_failures_total",
+            None,
+            "TLS handshakes on client listeners that failed, by reason (timeout, eof, protocol, incompatible, certificate, other).",
+            true,
+        ),
+        (
+            "cutover_tls_certificate_reloads_total",
+            None,
+            "Listener certificates read again (file change or reload), by result; on error the previous ones stay.",
+            true,
+        ),
         (
             "cutover_requests_closed_by_drain_total",
             None,

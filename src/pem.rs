@@ -5,8 +5,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use rustls::crypto::ring;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 
 /// Why a PEM file gave no usable certificate or key.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,41 @@ pub enum PemError {
         /// The file named in the config.
         path: PathBuf,
     },
+    #[error("{} is not a key rustls can sign with: {source}", path.display())]
+    Unsupported {
+        /// The key file named in the config.
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{} does not belong to the certificate in {}", key.display(), cert.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file whose public half differs from the certificate's.
+        key: PathBuf,
+    },
+}
+
+/// A certificate chain and its key, checked to belong together, ready to serve: what a
+/// TLS listener presents (signing with ring).
+pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, PemError> {
+    let chain = certificates(cert)?;
+    let der = private_key(key)?;
+    let signer = ring::sign::any_supported_type(&der).map_err(|source| PemError::Unsupported {
+        path: key.to_owned(),
+        source,
+    })?;
+    let certified = CertifiedKey::new(chain, signer);
+    match certified.keys_match() {
+        Ok(()) => Ok(certified),
+        // A key whose public half cannot be read is not refused here: rustls cannot
+        // compare it, and a handshake with it fails loudly.
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(certified),
+        Err(_) => Err(PemError::Mismatch {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        }),
+    }
 }
 
 /// The certificates in `path`, in file order (for a chain: leaf first).

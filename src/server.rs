@@ -25,12 +25,17 @@ use crate::pool::Pool;
 use crate::proxy::Proxy;
 use crate::snapshot::Snapshot;
 use crate::switchboard::{self, StateReport, Switchboard};
+use crate::tls::{self, Certs, Terminator, TlsError};
 use crate::upstream::Upstreams;
 
 /// A proxy with its listeners bound, ready to [`run`](Server::run).
 pub struct Server {
-    /// The bound client listener; `run` accepts on it.
-    proxy_listener: TcpListener,
+    /// The bound client listeners in config order, each with how it serves; `run`
+    /// accepts on them.
+    listeners: Vec<listener::Bound>,
+    /// The certificates of every TLS listener: watched while running, reloaded on
+    /// demand.
+    certificates: Vec<Arc<Certs>>,
     /// The bound admin socket; `run` serves it until shutdown.
     admin_listener: UnixListener,
     /// Where the admin socket is: logged at start, removed when the server stops.
@@ -63,6 +68,12 @@ pub enum StartError {
     Listen(io::Error),
     #[error("{0}")]
     Admin(io::Error),
+    #[error("TLS on {address}: {source}")]
+    Tls {
+        /// The listener whose certificates or settings failed.
+        address: SocketAddr,
+        source: TlsError,
+    },
     #[error("cannot start the access log: {0}")]
     AccessLog(io::Error),
     #[error("backend address {address} is not usable: {source}")]
@@ -130,9 +141,14 @@ impl Server {
             access: config.admin.access.clone(),
         });
 
-        let proxy_listener = listener::bind(config.listen.address, config.listen.backlog)
-            .await
-            .map_err(StartError::Listen)?;
+        let listeners = bind_listeners(&config).await?;
+        let certificates = listeners
+            .iter()
+            .filter_map(|b| match &b.serves {
+                listener::Serves::Tls(t) => Some(Arc::clone(&t.certs)),
+                _ => None,
+            })
+            .collect();
         let metrics_listener = match config.metrics.listen {
             Some(addr) => Some(
                 listener::bind(addr, 128)
@@ -146,7 +162,8 @@ impl Server {
                 .await
                 .map_err(StartError::Admin)?;
         Ok(Server {
-            proxy_listener,
+            listeners,
+            certificates,
             admin_listener,
             admin_path: config.admin.socket.clone(),
             proxy,
@@ -167,9 +184,27 @@ impl Server {
         })
     }
 
-    /// The bound proxy address (useful when the config said port 0).
+    /// The bound address of the first listener, `[listen]` (useful when the config
+    /// said port 0).
     pub fn proxy_addr(&self) -> io::Result<SocketAddr> {
-        self.proxy_listener.local_addr()
+        match self.listeners.first() {
+            Some(b) => b.listener.local_addr(),
+            None => Err(io::Error::other("no listener")),
+        }
+    }
+
+    /// Every listener's bound address, in config order.
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|b| b.listener.local_addr().ok())
+            .collect()
+    }
+
+    /// The certificates of every TLS listener: [`tls::reload_all`] reads them again
+    /// (a reload does; a file change does by itself while running).
+    pub fn certificates(&self) -> Vec<Arc<Certs>> {
+        self.certificates.clone()
     }
 
     /// The bound `metrics.listen` address, when one is configured.
@@ -202,11 +237,19 @@ impl Server {
         if let Some(listener) = self.metrics_listener {
             background.spawn(admin::serve_metrics(listener, Arc::clone(&self.admin)));
         }
-        let addr = self.proxy_listener.local_addr().ok();
-        tracing::info!(proxy = ?addr, admin = %self.admin_path.display(), "cutover is serving");
+        let tracker = Arc::clone(&self.tracker);
+        background.spawn(tls::watch(self.certificates.clone(), move |ok| {
+            tracker.telemetry().certificates_reloaded(ok)
+        }));
+        let addrs: Vec<SocketAddr> = self
+            .listeners
+            .iter()
+            .filter_map(|b| b.listener.local_addr().ok())
+            .collect();
+        tracing::info!(proxy = ?addrs, admin = %self.admin_path.display(), "cutover is serving");
 
         let connections = listener::serve(
-            self.proxy_listener,
+            self.listeners,
             self.proxy,
             self.builder,
             self.timeouts,
@@ -253,6 +296,41 @@ impl Server {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Binds every client listener in config order. A redirecting listener points at the
+/// first TLS listener's port (443 when there is none).
+async fn bind_listeners(config: &Config) -> Result<Vec<listener::Bound>, StartError> {
+    let mut bound = Vec::with_capacity(config.listen.endpoints.len());
+    for e in &config.listen.endpoints {
+        let l = listener::bind(e.address, config.listen.backlog)
+            .await
+            .map_err(StartError::Listen)?;
+        let serves = match &e.tls {
+            Some(t) => listener::Serves::Tls(Arc::new(Terminator::new(t).map_err(|source| {
+                StartError::Tls {
+                    address: e.address,
+                    source,
+                }
+            })?)),
+            None => listener::Serves::Plain,
+        };
+        bound.push(listener::Bound {
+            listener: l,
+            serves,
+        });
+    }
+    let https_port = bound
+        .iter()
+        .find(|b| matches!(b.serves, listener::Serves::Tls(_)))
+        .and_then(|b| b.listener.local_addr().ok())
+        .map_or(443, |a| a.port());
+    for (b, e) in bound.iter_mut().zip(&config.listen.endpoints) {
+        if e.redirect_https {
+            b.serves = listener::Serves::Redirect { https_port };
+        }
+    }
+    Ok(bound)
 }
 
 /// The routing state to start from: the state file when it is present and valid,

@@ -10,8 +10,11 @@ use std::time::Duration;
 use crate::color::Color;
 use crate::rules::Policy;
 
+mod listeners;
 mod raw;
 mod validate;
+
+pub use listeners::{CertFiles, DEFAULT_HANDSHAKE_TIMEOUT, Endpoint, SniCert, TlsConfig};
 
 /// A validated configuration; every field has been checked.
 #[derive(Debug, Clone)]
@@ -58,6 +61,9 @@ pub struct ListenConfig {
     /// The TCP address clients connect to; port 0 picks a free port (see
     /// [`Server::proxy_addr`](crate::server::Server::proxy_addr)).
     pub address: SocketAddr,
+    /// Every client listener in config order: the first is `[listen]` itself (its
+    /// address is `address`), then each `[[listen.extra]]`.
+    pub endpoints: Vec<Endpoint>,
     /// Time a client has to send a whole request head, from its first byte (slowloris
     /// guard).
     pub header_timeout: Duration,
@@ -283,6 +289,12 @@ impl Config {
         Config {
             listen: ListenConfig {
                 address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                endpoints: vec![Endpoint {
+                    address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                    name: None,
+                    tls: None,
+                    redirect_https: false,
+                }],
                 header_timeout: DEFAULT_HEADER_TIMEOUT,
                 backlog: DEFAULT_BACKLOG,
                 max_connections: None,

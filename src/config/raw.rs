@@ -94,6 +94,54 @@ pub(super) struct RawListen {
     /// Duration a client has to send a whole request head (default `10s`).
     pub(super) header_timeout: Option<String>,
     pub(super) backlog: Option<u32>,
+    /// `[listen.tls]`: terminate TLS on this listener.
+    pub(super) tls: Option<RawTls>,
+    /// Answer every request with a redirect to https (a plain listener only).
+    pub(super) redirect_https: Option<bool>,
+    /// Name of a socket passed by systemd (`FileDescriptorName=`) to serve here.
+    pub(super) name: Option<String>,
+    /// `[[listen.extra]]`: further listeners with the same timeouts and limits.
+    #[serde(default)]
+    pub(super) extra: Vec<RawEndpoint>,
+}
+
+/// One `[[listen.extra]]` listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEndpoint {
+    /// `IP:port` it listens on.
+    pub(super) address: String,
+    /// Its `tls` table: terminate TLS here.
+    pub(super) tls: Option<RawTls>,
+    /// Answer every request with a redirect to https.
+    pub(super) redirect_https: Option<bool>,
+    /// Name of a socket passed by systemd to serve here.
+    pub(super) name: Option<String>,
+}
+
+/// A listener's `tls` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    /// PEM file of the default certificate chain, leaf first.
+    pub(super) cert: PathBuf,
+    /// PEM file of its private key.
+    pub(super) key: PathBuf,
+    /// `[[listen.tls.sni]]`: certificates chosen by the name the client asks for.
+    #[serde(default)]
+    pub(super) sni: Vec<RawSni>,
+    /// How long a client has to finish its handshake (default `10s`).
+    pub(super) handshake_timeout: Option<String>,
+}
+
+/// A certificate served to clients asking for `name`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSni {
+    /// A DNS name, or `*.example.com` for one label under it.
+    pub(super) name: String,
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::listeners;
 use super::raw::*;
 use super::*;
 use crate::color::Color;
@@ -25,7 +26,7 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
     let header_timeout = duration(
         problems,
         "listen.header_timeout",
-        raw.listen.header_timeout,
+        raw.listen.header_timeout.clone(),
         DEFAULT_HEADER_TIMEOUT,
     );
 
@@ -165,9 +166,11 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
         raw.limits.body_timeout.clone(),
         DEFAULT_BODY_TIMEOUT,
     );
+    let endpoints = listeners::endpoints(&raw.listen, address.ok(), problems);
     Some(Config {
         listen: ListenConfig {
             address: address.ok()?,
+            endpoints,
             header_timeout,
             backlog,
             max_connections: raw.limits.max_connections,
@@ -510,7 +513,7 @@ fn backend_address(text: &str) -> Option<String> {
     (port_ok && host_ok).then(|| text.to_ascii_lowercase())
 }
 
-fn duration(
+pub(super) fn duration(
     problems: &mut Vec<Problem>,
     key: &str,
     raw: Option<String>,
@@ -537,7 +540,7 @@ fn duration(
     }
 }
 
-fn problem(problems: &mut Vec<Problem>, key: &str, message: String) {
+pub(super) fn problem(problems: &mut Vec<Problem>, key: &str, message: String) {
     problems.push(Problem {
         key: key.to_owned(),
         message,

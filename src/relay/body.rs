@@ -12,13 +12,14 @@ use tokio::net::TcpStream;
 
 use super::{Conn, READ_SIZE};
 use crate::chunked::Chunked;
+use crate::client_io::ClientIo;
 use crate::deadline::Deadline;
 use crate::drain::{CUT_CHECK, InFlight};
 use crate::metrics::ErrorKind;
 use crate::rules::response::Framing;
 
-pub(super) async fn relay_body(
-    c: &mut Conn,
+pub(super) async fn relay_body<C: ClientIo>(
+    c: &mut Conn<C>,
     upstream: &mut TcpStream,
     framing: Framing,
     in_flight: InFlight,

@@ -14,6 +14,7 @@ use super::body::{relay_body, spare};
 use super::{Conn, Exchange, READ_SIZE};
 
 use crate::chunked::Chunked;
+use crate::client_io::ClientIo;
 use crate::deadline::Deadline;
 use crate::dispatch::{Proxy, book_failure, retry_elsewhere};
 use crate::drain::CUT_CHECK;
@@ -54,8 +55,8 @@ struct Head {
 /// connection can take another request. The request stops counting as in flight just
 /// before its last bytes are written to the client: once the client has them, status
 /// and metrics already agree that it is done.
-pub(super) async fn exchange(
-    c: &mut Conn,
+pub(super) async fn exchange<C: ClientIo>(
+    c: &mut Conn<C>,
     proxy: &Proxy,
     mut ex: Exchange,
     deadline: &mut Deadline,
@@ -136,8 +137,8 @@ pub(super) async fn exchange(
 /// timeout: a backend that answers as it reads (an echo) never waits on the relay, and
 /// one that answers before reading all of it (413) is heard; that connection is then
 /// not reused.
-async fn response_head(
-    c: &mut Conn,
+async fn response_head<C: ClientIo>(
+    c: &mut Conn<C>,
     proxy: &Proxy,
     upstream: &mut TcpStream,
     ex: &Exchange,
@@ -248,7 +249,12 @@ async fn response_head(
 
 /// Books a failed attempt (the backend's run of failures, the error counter, the log)
 /// and answers the client with the status that says why.
-async fn failed(c: &mut Conn, proxy: &Proxy, ex: Exchange, failure: Failure) -> bool {
+async fn failed<C: ClientIo>(
+    c: &mut Conn<C>,
+    proxy: &Proxy,
+    ex: Exchange,
+    failure: Failure,
+) -> bool {
     let Exchange {
         mut in_flight,
         close,

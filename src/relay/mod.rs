@@ -23,10 +23,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::client_io::ClientIo;
 use crate::connections::{Activity, Counted, Timeouts, Watch};
 use crate::deadline::Deadline;
 use crate::dispatch::{Peer, Proxy};
@@ -42,8 +42,8 @@ mod exchange;
 
 /// Serves one client connection until it closes, times out, or shutdown is signalled
 /// (then after its current response).
-pub async fn serve(
-    stream: TcpStream,
+pub async fn serve<C: ClientIo>(
+    stream: C,
     peer: Peer,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -118,10 +118,10 @@ const HEAD_SIZE: usize = 4 * 1024;
 /// none; one kept alive between requests holds its small request buffer and `out`,
 /// while the larger buffer for backend bytes waits in [`body::spare`] until the next
 /// request.
-struct Conn {
+struct Conn<C> {
     /// The client's socket: requests are read from it and answers written to it; hyper
     /// takes it over when a request is declined.
-    client: TcpStream,
+    client: C,
     /// Bytes from the client not yet handled (the next request may already be here).
     buf: BytesMut,
     /// Bytes from the backend not yet relayed; only during a request.
@@ -135,22 +135,23 @@ struct Conn {
     write_timeout: std::time::Duration,
 }
 
-impl Conn {
+impl<C: ClientIo> Conn<C> {
     /// Writes `bytes` to the client within the write timeout: a client that stops
     /// reading loses its connection instead of holding it.
-    async fn write(
-        client: &mut TcpStream,
-        bytes: &[u8],
-        limit: std::time::Duration,
-    ) -> io::Result<()> {
+    async fn write(client: &mut C, bytes: &[u8], limit: std::time::Duration) -> io::Result<()> {
         // Most answers fit in the socket's buffer: written at once, no timer armed.
-        let rest = match client.try_write(bytes) {
-            Ok(n) if n == bytes.len() => return Ok(()),
+        let rest = match client.try_write_now(bytes) {
+            Ok(n) if n == bytes.len() && client.flushed() => return Ok(()),
             Ok(n) => &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => bytes,
             Err(e) => return Err(e),
         };
-        match tokio::time::timeout(limit, client.write_all(rest)).await {
+        let written = async {
+            client.write_all(rest).await?;
+            // TLS: what the session still holds goes out now; TCP: nothing to do.
+            client.flush().await
+        };
+        match tokio::time::timeout(limit, written).await {
             Ok(written) => written,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -195,8 +196,8 @@ enum Next {
 /// must then be whole within the header timeout, and the body come without a pause
 /// longer than the body timeout and at a rate that cannot trickle forever
 /// ([`Timeouts::body_deadline`]).
-async fn next_request(
-    c: &mut Conn,
+async fn next_request<C: ClientIo>(
+    c: &mut Conn<C>,
     proxy: &Proxy,
     deadline: &mut Deadline,
     timeouts: Timeouts,
@@ -257,7 +258,7 @@ async fn next_request(
                 proxy.tracker.telemetry().refused(Reject::Timeout);
                 c.out.clear();
                 h1::write_local(Reject::Timeout.status(), Reject::Timeout.client_message(), true, &mut c.out);
-                let _ = tokio::time::timeout(WRITE_GRACE, c.client.write_all(&c.out)).await;
+                let _ = Conn::write(&mut c.client, &c.out, WRITE_GRACE).await;
                 return Next::Close;
             }
             () = stopping.as_mut(), if c.buf.is_empty() => return Next::Close,
@@ -282,7 +283,7 @@ enum Buffered {
 
 /// Parses what the client has sent and, once a whole request is here, starts it. Not
 /// async: the parsed fields (a few KiB) never become part of the connection's future.
-fn buffered_request(c: &mut Conn, proxy: &Proxy) -> Buffered {
+fn buffered_request<C: ClientIo>(c: &mut Conn<C>, proxy: &Proxy) -> Buffered {
     if c.buf.is_empty() {
         return Buffered::Partial;
     }
@@ -329,7 +330,7 @@ fn buffered_request(c: &mut Conn, proxy: &Proxy) -> Buffered {
 
 /// Reads what the client has sent into `buf`: allocated once there is something to
 /// read, grown for a large head or body, and cut back to size once emptied.
-async fn read_some(client: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+async fn read_some<C: ClientIo>(client: &mut C, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() == 0 {
         client.readable().await?;
     } else if buf.is_empty() && buf.capacity() > 4 * READ_SIZE {
@@ -380,8 +381,8 @@ fn begin(
 }
 
 /// Serves the rest of the connection with hyper, starting with the bytes already read.
-async fn hand_off(
-    c: Conn,
+async fn hand_off<C: ClientIo>(
+    c: Conn<C>,
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
     timeouts: Timeouts,

@@ -16,7 +16,10 @@ use cutover::server::Server;
 
 /// A running proxy with its admin socket in a temporary directory.
 pub struct Proxy {
+    /// The first listener, `[listen]`.
     pub addr: SocketAddr,
+    /// Every listener in config order (`[listen]`, then each `[[listen.extra]]`).
+    pub addrs: Vec<SocketAddr>,
     /// The TCP metrics endpoint, when `[metrics] listen` was set.
     pub metrics: Option<SocketAddr>,
     pub socket: PathBuf,
@@ -89,6 +92,7 @@ impl Proxy {
         let config = Config::parse(text, Path::new("test.toml")).expect("test config is valid");
         let server = Server::bind(config).await.expect("proxy binds");
         let addr = server.proxy_addr().expect("proxy addr");
+        let addrs = server.listener_addrs();
         let metrics = server.metrics_addr();
         let socket = server.admin_socket().to_owned();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -97,6 +101,7 @@ impl Proxy {
         }));
         Proxy {
             addr,
+            addrs,
             metrics,
             socket,
             dir,

@@ -4,11 +4,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::net::SocketAddr;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// A test CA: its certificate (to trust) and its key (to issue with).
 pub struct TestCa {
@@ -95,6 +102,59 @@ impl TestCa {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
+}
+
+/// `[listen.tls]`-shaped keys (`cert`, `key`) for `issued`, to put under a table.
+pub fn cert_keys(issued: &Issued) -> String {
+    format!(
+        "cert = \"{}\"\nkey = \"{}\"\n",
+        issued.cert.display(),
+        issued.key.display()
+    )
+}
+
+/// A TLS connection to `addr` asking for `name` (SNI), with `config`'s trust and ALPN.
+pub async fn connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(name.to_owned()).map_err(std::io::Error::other)?;
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// An HTTP/2 connection over TLS (ALPN `h2`); the task drives it.
+pub async fn h2_tls(
+    addr: SocketAddr,
+    ca: &TestCa,
+    name: &str,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tls = connect(addr, ca.client_config(&[b"h2"]), name)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN h2");
+    let (h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .expect("h2 handshake over TLS");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (h2, task)
+}
+
+/// The certificate the server presented on `tls`, DER.
+pub fn presented(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("a server certificate")
+        .clone()
+        .into_owned()
 }
 
 /// Replaces `path` with `contents` the way deploy tools do: a temporary file beside it,

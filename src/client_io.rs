@@ -1,0 +1,78 @@
+//! A client connection's byte stream, plain TCP or TLS: what the relay and hyper read
+//! requests from and write answers to. Generic, not boxed: the plain path is compiled
+//! for `TcpStream` and keeps its `try_write` fast path; TLS gets its own copy.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// A client's stream as the protocol paths use it.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// `"http"` or `"https"`: the scheme the client used, for `X-Forwarded-Proto`.
+    const SCHEME: &'static str;
+
+    /// Writes what can be written now without waiting: the bytes taken, or
+    /// `WouldBlock`. When it returns all of `bytes`, nothing is left buffered in this
+    /// process ([`flushed`](ClientIo::flushed) is true).
+    fn try_write_now(&mut self, bytes: &[u8]) -> io::Result<usize>;
+
+    /// Nothing written is still waiting in this process to reach the kernel.
+    fn flushed(&self) -> bool;
+
+    /// Resolves when a read may find bytes: a connection with nothing to read holds no
+    /// read buffer until then.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl ClientIo for TcpStream {
+    const SCHEME: &'static str = "http";
+
+    #[inline]
+    fn try_write_now(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.try_write(bytes)
+    }
+
+    #[inline]
+    fn flushed(&self) -> bool {
+        true
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+}
+
+impl ClientIo for TlsStream<TcpStream> {
+    const SCHEME: &'static str = "https";
+
+    /// Encrypts into the session and writes what the socket takes, without waiting.
+    /// Bytes the session took are taken: what did not reach the socket yet is written
+    /// by the next flush, which the caller owes when [`flushed`](ClientIo::flushed)
+    /// says so.
+    fn try_write_now(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let n = match Pin::new(&mut *self).poll_write(&mut cx, bytes) {
+            Poll::Ready(written) => written?,
+            Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
+        };
+        match Pin::new(&mut *self).poll_flush(&mut cx) {
+            Poll::Ready(Err(e)) => Err(e),
+            _ => Ok(n),
+        }
+    }
+
+    fn flushed(&self) -> bool {
+        !self.get_ref().1.wants_write()
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        // The session may hold decrypted bytes already (they came with the end of the
+        // handshake): the socket's readiness does not tell.
+        std::future::ready(Ok(()))
+    }
+}
