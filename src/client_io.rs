@@ -6,8 +6,9 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -27,6 +28,10 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Resolves when a read may find bytes: a connection with nothing to read holds no
     /// read buffer until then.
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Ends a connection the relay closes: TLS says so first (`close_notify`, RFC 8446
+    /// §6.1), within `limit`; TCP needs nothing before the socket is dropped.
+    fn close(&mut self, limit: Duration) -> impl Future<Output = ()> + Send;
 }
 
 impl ClientIo for TcpStream {
@@ -44,6 +49,11 @@ impl ClientIo for TcpStream {
 
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         TcpStream::readable(self)
+    }
+
+    #[inline]
+    fn close(&mut self, _limit: Duration) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
     }
 }
 
@@ -74,5 +84,9 @@ impl ClientIo for TlsStream<TcpStream> {
         // The session may hold decrypted bytes already (they came with the end of the
         // handshake): the socket's readiness does not tell.
         std::future::ready(Ok(()))
+    }
+
+    async fn close(&mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.shutdown()).await;
     }
 }

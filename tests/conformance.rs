@@ -1,9 +1,10 @@
 //! Conformance: one table of raw requests and scripted backend responses, each row run
-//! on the three ways a request reaches cutover: the relay (the first request on a plain
+//! on every way a request reaches cutover: the relay (the first request on a plain
 //! HTTP/1.1 connection), hyper's HTTP/1.1 server (a connection the relay handed over
-//! after a chunked upload), and h2c with prior knowledge (where the case can be said in
-//! HTTP/2). Every path must give the row's verdict, or the row must document why it
-//! differs there.
+//! after a chunked upload), h2c with prior knowledge (where the case can be said in
+//! HTTP/2), and the same three over TLS (HTTP/1.1 without ALPN, HTTP/2 by ALPN `h2`).
+//! Every path must give the row's verdict, or the row must document why it differs
+//! there.
 //!
 //! A row is data: the bytes the client writes, the bytes the backend answers with, what
 //! the client must get and what the backend must have received. One runner does the
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use support::raw::{DEFAULT_RESPONSE, Dechunk, Parse, RawBackend, Received, WARMUP_PATH};
 use support::{Proxy, admin_text, h2c, sample};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -86,9 +88,68 @@ enum Path {
     Relay,
     Hyper,
     H2,
+    TlsRelay,
+    TlsHyper,
+    TlsH2,
 }
 
-const PATHS: [Path; 3] = [Path::Relay, Path::Hyper, Path::H2];
+const PATHS: [Path; 6] = [
+    Path::Relay,
+    Path::Hyper,
+    Path::H2,
+    Path::TlsRelay,
+    Path::TlsHyper,
+    Path::TlsH2,
+];
+
+impl Path {
+    /// The path without TLS: a row's documented differences and what it expects are
+    /// the same over TLS.
+    fn plain(self) -> Path {
+        match self {
+            Path::TlsRelay => Path::Relay,
+            Path::TlsHyper => Path::Hyper,
+            Path::TlsH2 => Path::H2,
+            p => p,
+        }
+    }
+
+    fn tls(self) -> bool {
+        self != self.plain()
+    }
+}
+
+/// Where a row's client connects: the proxy's address, and the TLS settings that trust
+/// its test certificate on the TLS paths.
+struct Target {
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A client connection, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+impl Target {
+    async fn connect(&self, alpn_h2: bool) -> Result<Box<dyn Stream>, String> {
+        match &self.tls {
+            None => TcpStream::connect(self.addr)
+                .await
+                .map(|s| Box::new(s) as Box<dyn Stream>)
+                .map_err(|e| format!("connect: {e}")),
+            Some(config) => {
+                let mut config = (**config).clone();
+                if alpn_h2 {
+                    config.alpn_protocols = vec![b"h2".to_vec()];
+                }
+                support::tls::connect(self.addr, Arc::new(config), "localhost")
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Stream>)
+                    .map_err(|e| format!("TLS connect: {e}"))
+            }
+        }
+    }
+}
 
 /// What a row is about, for running a group of rows on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,11 +272,11 @@ const GET: Sent = Sent {
 };
 
 /// The fields cutover adds to every forwarded request.
-fn cutover_fields(sent: &Sent) -> Vec<(String, String)> {
+fn cutover_fields(sent: &Sent, proto: &str) -> Vec<(String, String)> {
     [
         ("host", sent.host),
         ("x-forwarded-for", sent.forwarded_for),
-        ("x-forwarded-proto", "http"),
+        ("x-forwarded-proto", proto),
         ("x-forwarded-host", sent.host),
         ("via", "1.1 cutover"),
     ]
@@ -1202,40 +1263,61 @@ enum Verdict {
 fn expectation(case: &Case, path: Path) -> Expect {
     case.differs
         .iter()
-        .find(|(p, _, _)| *p == path)
+        .find(|(p, _, _)| *p == path.plain())
         .map_or(case.expect, |(_, e, _)| *e)
 }
 
 /// Runs `case` on `path` against a fresh backend and proxy started with `extra`.
 async fn run(case: &'static Case, path: Path, extra: &'static str) -> Verdict {
-    if let (Path::H2, H2::NotApplicable(why)) = (path, case.h2) {
+    if let (Path::H2, H2::NotApplicable(why)) = (path.plain(), case.h2) {
         return Verdict::NotApplicable(why);
     }
     let backend = RawBackend::start().await;
     let other = RawBackend::start().await;
-    let proxy = Proxy::start(&[backend.addr], &[other.addr], extra).await;
-    check(&proxy, &backend, case, path).await
+    if !path.tls() {
+        let proxy = Proxy::start(&[backend.addr], &[other.addr], extra).await;
+        let target = Target {
+            addr: proxy.addr,
+            tls: None,
+        };
+        return check(&target, &backend, case, path).await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = support::tls::TestCa::new("conformance CA");
+    let issued = ca.issue(dir.path(), "server", &["localhost"]);
+    let extra = format!(
+        "{extra}\n[listen.tls]\n{}",
+        support::tls::cert_keys(&issued)
+    );
+    let text = support::config_text(dir.path(), &[backend.addr], &[other.addr], &extra);
+    let proxy = Proxy::from_text(dir, &text).await;
+    let target = Target {
+        addr: proxy.addr,
+        tls: Some(ca.client_config(&[])),
+    };
+    check(&target, &backend, case, path).await
 }
 
-/// Runs `case` on `path` through `proxy`, whose live pool is `backend`.
-async fn check(proxy: &Proxy, backend: &RawBackend, case: &Case, path: Path) -> Verdict {
+/// Runs `case` on `path` through the proxy at `target`, whose live pool is `backend`.
+async fn check(target: &Target, backend: &RawBackend, case: &Case, path: Path) -> Verdict {
     backend.respond_with(case.response);
     let expect = expectation(case, path);
     let before = backend.received().len();
-    let client = match exchange(proxy.addr, case, path, &expect).await {
+    let client = match exchange(target, case, path, &expect).await {
         Ok(client) => client,
         Err(harness) => return Verdict::Fail(format!("harness: {harness}")),
     };
     let received = case_requests(&backend.received()[before..]);
     let mut problems = Vec::new();
     compare_client(&expect, &client, path, &mut problems);
-    compare_backend(&expect.backend, &received, &mut problems);
+    let proto = if path.tls() { "https" } else { "http" };
+    compare_backend(&expect.backend, &received, proto, &mut problems);
     if !matches!(case.reuse, Reuse::Unchecked) {
         // The same again on a new client connection: did it get the same backend one?
         // (After a moment: hyper's client pools a connection once it has seen its end.)
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut again = Vec::new();
-        match exchange(proxy.addr, case, path, &expect).await {
+        match exchange(target, case, path, &expect).await {
             Ok(client) => compare_client(&expect, &client, path, &mut again),
             Err(harness) => again.push(format!("harness: {harness}")),
         }
@@ -1349,27 +1431,31 @@ fn lossy(bytes: &[u8], max: usize) -> String {
 /// Sends the row's request on `path`, reads the answers the row expects. `Err` when the
 /// harness itself cannot do it (an h2 request that cannot be built).
 async fn exchange(
-    addr: SocketAddr,
+    target: &Target,
     case: &Case,
     path: Path,
     expect: &Expect,
 ) -> Result<ClientSide, String> {
-    match path {
-        Path::Relay | Path::Hyper => Ok(h1_exchange(addr, case, path, expect).await),
-        Path::H2 => h2_exchange(addr, case).await,
+    match path.plain() {
+        Path::H2 => h2_exchange(target, case).await,
+        _ => Ok(h1_exchange(target, case, path, expect).await),
     }
 }
 
-async fn h1_exchange(addr: SocketAddr, case: &Case, path: Path, expect: &Expect) -> ClientSide {
+async fn h1_exchange(target: &Target, case: &Case, path: Path, expect: &Expect) -> ClientSide {
     let mut out = ClientSide::default();
-    let stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the proxy");
+    let stream = match target.connect(false).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            out.trouble.push(e);
+            return out;
+        }
+    };
     let mut wire = Wire {
         stream,
         buf: Vec::new(),
     };
-    if path == Path::Hyper {
+    if path.plain() == Path::Hyper {
         if let Err(e) = wire.stream.write_all(WARMUP).await {
             out.trouble.push(format!("writing the warm-up: {e}"));
             return out;
@@ -1415,7 +1501,7 @@ async fn h1_exchange(addr: SocketAddr, case: &Case, path: Path, expect: &Expect)
 
 /// A client connection and what was read on it but not yet taken.
 struct Wire {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buf: Vec<u8>,
 }
 
@@ -1553,10 +1639,25 @@ fn response_head(buf: &[u8]) -> Result<Option<Head>, String> {
 }
 
 /// The row's request(s) as h2 requests, one stream each, on one h2c connection.
-async fn h2_exchange(addr: SocketAddr, case: &Case) -> Result<ClientSide, String> {
+async fn h2_exchange(target: &Target, case: &Case) -> Result<ClientSide, String> {
     let requests = h2_requests(case.request)?;
     let mut out = ClientSide::default();
-    let (mut h2, conn) = h2c(addr).await;
+    let (mut h2, conn) = match target.tls {
+        None => h2c(target.addr).await,
+        Some(_) => {
+            let io = target.connect(true).await?;
+            let (h2, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(io),
+            )
+            .await
+            .map_err(|e| format!("h2 handshake over TLS: {e}"))?;
+            let task = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            (h2, task)
+        }
+    };
     for req in requests {
         let answer = tokio::time::timeout(ANSWER_WITHIN, async {
             let resp = match h2.send_request(req).await {
@@ -1775,7 +1876,7 @@ fn compare_client(expect: &Expect, got: &ClientSide, path: Path, problems: &mut 
             }
         }
     }
-    if path != Path::H2 {
+    if path.plain() != Path::H2 {
         if let (Some(want), Some(got)) = (expect.closed, got.closed) {
             if want != got {
                 problems.push(
@@ -1791,7 +1892,12 @@ fn compare_client(expect: &Expect, got: &ClientSide, path: Path, problems: &mut 
     }
 }
 
-fn compare_backend(expect: &Backend, received: &[Received], problems: &mut Vec<String>) {
+fn compare_backend(
+    expect: &Backend,
+    received: &[Received],
+    proto: &str,
+    problems: &mut Vec<String>,
+) {
     let wanted: &[Sent] = match expect {
         Backend::Nothing => &[],
         Backend::Got(sent) => sent,
@@ -1819,7 +1925,7 @@ fn compare_backend(expect: &Backend, received: &[Received], problems: &mut Vec<S
             fields.iter().filter(|(n, _)| framing(n)).cloned().collect();
         fields.retain(|(n, _)| !framing(n));
         fields.sort();
-        let mut expected = cutover_fields(want);
+        let mut expected = cutover_fields(want, proto);
         expected.extend(
             want.fields
                 .iter()
@@ -1857,7 +1963,7 @@ fn compare_backend(expect: &Backend, received: &[Received], problems: &mut Vec<S
 }
 
 /// Runs every row in `cases` on every path, many at once; the verdicts in row order.
-async fn run_all(cases: &[&'static Case], extra: &'static str) -> Vec<[Verdict; 3]> {
+async fn run_all(cases: &[&'static Case], extra: &'static str) -> Vec<[Verdict; PATHS.len()]> {
     let limit = Arc::new(tokio::sync::Semaphore::new(48));
     let mut tasks = tokio::task::JoinSet::new();
     for (row, case) in cases.iter().enumerate() {
@@ -1870,8 +1976,8 @@ async fn run_all(cases: &[&'static Case], extra: &'static str) -> Vec<[Verdict; 
             });
         }
     }
-    let mut verdicts: Vec<[Option<Verdict>; 3]> =
-        cases.iter().map(|_| [None, None, None]).collect();
+    let mut verdicts: Vec<[Option<Verdict>; PATHS.len()]> =
+        cases.iter().map(|_| PATHS.map(|_| None)).collect();
     while let Some(done) = tasks.join_next().await {
         let (row, col, verdict) = done.expect("a row's task panicked");
         verdicts[row][col] = Some(verdict);
@@ -1883,11 +1989,15 @@ async fn run_all(cases: &[&'static Case], extra: &'static str) -> Vec<[Verdict; 
 }
 
 /// The matrix of verdicts, and every failure in full; panics when any row failed.
-fn report(cases: &[&'static Case], verdicts: &[[Verdict; 3]]) {
+fn report(cases: &[&'static Case], verdicts: &[[Verdict; PATHS.len()]]) {
     let mut matrix = String::new();
     let mut failures = String::new();
     let mut failed = 0;
-    let _ = writeln!(matrix, "{:>3}  relay  hyper  h2     row", "#");
+    let _ = writeln!(
+        matrix,
+        "{:>3}  relay  hyper  h2     tls-r  tls-hy tls-h2 row",
+        "#"
+    );
     for (i, (case, row)) in cases.iter().zip(verdicts).enumerate() {
         let cells: Vec<&str> = row
             .iter()
@@ -1897,11 +2007,11 @@ fn report(cases: &[&'static Case], verdicts: &[[Verdict; 3]]) {
                 Verdict::NotApplicable(_) => "n/a",
             })
             .collect();
-        let _ = writeln!(
-            matrix,
-            "{i:>3}  {:<6} {:<6} {:<6} {} ({})",
-            cells[0], cells[1], cells[2], case.name, case.rfc
-        );
+        let _ = write!(matrix, "{i:>3}  ");
+        for cell in &cells {
+            let _ = write!(matrix, "{cell:<6} ");
+        }
+        let _ = writeln!(matrix, "{} ({})", case.name, case.rfc);
         for (path, v) in PATHS.iter().zip(row) {
             if let Verdict::NotApplicable(why) = v {
                 let _ = writeln!(matrix, "                          {path:?} n/a: {why}");
@@ -1986,11 +2096,16 @@ async fn a_malformed_chunked_upload_gets_400_and_costs_the_backend_nothing() {
     let backend = RawBackend::start().await;
     let other = RawBackend::start().await;
     let proxy = Proxy::start(&[backend.addr], &[other.addr], config(EXTRA)).await;
+    let target = Target {
+        addr: proxy.addr,
+        tls: None,
+    };
     let mut failures = Vec::new();
     for path in [Path::Relay, Path::Hyper] {
         let mut failed = Vec::new();
         for i in 0..20 {
-            if let Verdict::Fail(why) = check(&proxy, &backend, &MALFORMED_CHUNK_SIZE, path).await {
+            if let Verdict::Fail(why) = check(&target, &backend, &MALFORMED_CHUNK_SIZE, path).await
+            {
                 failed.push((i, why));
             }
         }

@@ -61,6 +61,22 @@ pub async fn serve<C: ClientIo>(
         peer,
         write_timeout: timeouts.write,
     };
+    if requests(&mut c, &proxy, timeouts, &watch, stopping.as_mut()).await {
+        // Boxed: hyper's connection is large and most connections never need it.
+        return Box::pin(hand_off(c, proxy, &builder, timeouts, stopping)).await;
+    }
+    c.client.close(WRITE_GRACE).await;
+}
+
+/// Relays requests until the connection ends (false) or one is declined and hyper
+/// should serve the rest (true).
+async fn requests<C: ClientIo>(
+    c: &mut Conn<C>,
+    proxy: &Proxy,
+    timeouts: Timeouts,
+    watch: &Watch,
+    mut stopping: Pin<&mut WaitForCancellationFutureOwned>,
+) -> bool {
     let mut head_deadline = Deadline::new(timeouts.header);
     let mut response_deadline = Deadline::new(proxy.response_timeout);
     // A new connection has the header timeout for its first request; a kept-alive one
@@ -69,34 +85,27 @@ pub async fn serve<C: ClientIo>(
     loop {
         head_deadline.set(Instant::now() + wait);
         wait = timeouts.idle;
-        let next = next_request(
-            &mut c,
-            &proxy,
-            &mut head_deadline,
-            timeouts,
-            stopping.as_mut(),
-        );
+        let next = next_request(c, proxy, &mut head_deadline, timeouts, stopping.as_mut());
         let mut ex = match next.await {
             Next::Request(ex) => ex,
             Next::Answered { keep_alive: true } => continue,
-            Next::Answered { keep_alive: false } | Next::Close => return,
+            Next::Answered { keep_alive: false } | Next::Close => return false,
             Next::Decline(why) => {
                 tracing::trace!(?why, "left to hyper");
-                // Boxed: hyper's connection is large and most connections never need it.
-                return Box::pin(hand_off(c, proxy, &builder, timeouts, stopping)).await;
+                return true;
             }
         };
         // The last response on this connection when the client said so or shutdown began.
         ex.close |= watch.is_stopping();
         let close = ex.close;
-        let keep_alive = exchange::exchange(&mut c, &proxy, ex, &mut response_deadline).await;
+        let keep_alive = exchange::exchange(c, proxy, ex, &mut response_deadline).await;
         body::spare::put(std::mem::take(&mut c.up));
         if c.out.capacity() > 4 * READ_SIZE {
             // It held a large request body; the next request starts small again.
             c.out = Vec::new();
         }
         if !keep_alive || close {
-            return;
+            return false;
         }
     }
 }
