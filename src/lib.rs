@@ -40,6 +40,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access_log;
+pub mod activation;
 pub mod admin;
 pub mod chunked;
 pub mod color;

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::access_log::AccessLog;
+use crate::activation;
 use crate::admin::{self, Admin};
 use crate::color::Color;
 use crate::config::Config;
@@ -130,17 +131,25 @@ impl Server {
             access: config.admin.access.clone(),
         });
 
-        let proxy_listener = listener::bind(config.listen.address, config.listen.backlog)
+        // Passed sockets (socket activation) first; whatever is not passed is bound.
+        let mut wanted = vec![activation::Endpoint {
+            name: None,
+            address: config.listen.address,
+            backlog: config.listen.backlog,
+        }];
+        wanted.extend(config.metrics.listen.map(|address| activation::Endpoint {
+            name: Some("metrics".to_owned()),
+            address,
+            backlog: 128,
+        }));
+        let mut listeners = activation::listeners(&wanted)
             .await
-            .map_err(StartError::Listen)?;
-        let metrics_listener = match config.metrics.listen {
-            Some(addr) => Some(
-                listener::bind(addr, 128)
-                    .await
-                    .map_err(StartError::Listen)?,
-            ),
-            None => None,
-        };
+            .map_err(StartError::Listen)?
+            .into_iter();
+        let proxy_listener = listeners
+            .next()
+            .ok_or_else(|| StartError::Listen(io::Error::other("no proxy listener")))?;
+        let metrics_listener = listeners.next();
         let admin_listener =
             admin::bind(&config.admin.socket, config.admin.mode, config.admin.group)
                 .await
