@@ -65,6 +65,7 @@ pub mod proxy;
 pub mod relay;
 pub mod rewind;
 pub mod rules;
+pub mod sd_notify;
 pub mod server;
 pub mod snapshot;
 pub mod stats;

@@ -24,6 +24,7 @@ use crate::listener;
 use crate::metrics::Telemetry;
 use crate::pool::Pool;
 use crate::proxy::Proxy;
+use crate::sd_notify;
 use crate::snapshot::Snapshot;
 use crate::switchboard::{self, StateReport, Switchboard};
 use crate::upstream::Upstreams;
@@ -206,7 +207,13 @@ impl Server {
         // Health checkers, the idle connection sweep and the TCP metrics endpoint;
         // ended on shutdown.
         let mut background = tokio::task::JoinSet::new();
-        health::spawn_checkers(&self.pools, &mut background);
+        let first_round = health::spawn_checkers(&self.pools, &mut background);
+        // READY=1 (and STATUS=, WATCHDOG=1) for a service manager, when one listens.
+        let switchboard = Arc::clone(&self.admin.switchboard);
+        background.spawn(sd_notify::supervise(first_round.wait(), move || {
+            let snap = switchboard.snapshot();
+            format!("live {}, generation {}", snap.live, snap.generation)
+        }));
         background.spawn(Arc::clone(self.tracker.upstreams()).sweep());
         if let Some(listener) = self.metrics_listener {
             background.spawn(admin::serve_metrics(listener, Arc::clone(&self.admin)));
@@ -223,6 +230,7 @@ impl Server {
             shutdown,
         )
         .await;
+        sd_notify::stopping();
         tracing::info!(
             open_connections = connections.count(),
             grace = ?self.grace,
