@@ -540,7 +540,10 @@ pub async fn bind(path: &Path, mode: u32, group: Option<u32>) -> io::Result<Unix
         .map_err(cannot)?;
     let staged = private.join("s");
     let bound = UnixListener::bind(&staged).and_then(|listener| {
-        if group.is_some() {
+        // No chown when the socket already has the group (the service's own `Group=`),
+        // so a unit whose system call filter leaves out @chown works.
+        let has = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(&staged)?);
+        if group.is_some_and(|wanted| wanted != has) {
             std::os::unix::fs::chown(&staged, None, group)?;
         }
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;

@@ -17,6 +17,7 @@ use http::{Request, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::HealthConfig;
@@ -48,19 +49,63 @@ pub struct GateBackend {
     pub reason: Option<String>,
 }
 
-/// Starts one checker per backend of each pool that has health checks.
-pub fn spawn_checkers(pools: &[Arc<Pool>], tasks: &mut JoinSet<()>) {
+/// The first probe of every checker: start-up is complete when each backend has been
+/// checked once, so the first traffic goes only to backends known to be up.
+pub struct FirstRound {
+    /// A permit per checker that has finished its first probe.
+    done: Arc<Semaphore>,
+    /// Checkers started; `wait` needs this many permits.
+    checkers: u32,
+    /// The longest health timeout: no first probe takes longer (each is bounded by it).
+    bound: Duration,
+}
+
+/// Starts one checker per backend of each pool that has health checks; the returned
+/// [`FirstRound`] resolves when each has probed once.
+pub fn spawn_checkers(pools: &[Arc<Pool>], tasks: &mut JoinSet<()>) -> FirstRound {
+    let done = Arc::new(Semaphore::new(0));
+    let (mut checkers, mut bound) = (0u32, Duration::ZERO);
     for pool in pools {
         let Some(config) = &pool.config.health else {
             continue;
         };
         for backend in &pool.backends {
-            tasks.spawn(check_loop(Arc::clone(backend), config.clone()));
+            let first = Arc::clone(&done);
+            tasks.spawn(check_loop(Arc::clone(backend), config.clone(), first));
+            checkers += 1;
+            bound = bound.max(config.timeout);
+        }
+    }
+    FirstRound {
+        done,
+        checkers,
+        bound,
+    }
+}
+
+// === impl FirstRound ===
+
+impl FirstRound {
+    /// Resolves when every checker has probed once, or after the longest health
+    /// timeout (and a second for scheduling) has passed; at once without checkers.
+    pub async fn wait(self) {
+        if self.checkers == 0 {
+            return;
+        }
+        let all = self.done.acquire_many(self.checkers);
+        if tokio::time::timeout(self.bound + Duration::from_secs(1), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                checkers = self.checkers,
+                "the first health round did not finish in time"
+            );
         }
     }
 }
 
-async fn check_loop(backend: Arc<Backend>, config: HealthConfig) {
+async fn check_loop(backend: Arc<Backend>, config: HealthConfig, first_round: Arc<Semaphore>) {
     let mut interval = tokio::time::interval(config.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut successes, mut failures, mut first) = (0u32, 0u32, true);
@@ -86,6 +131,10 @@ async fn check_loop(backend: Arc<Backend>, config: HealthConfig) {
                     backend.note_problem(reason);
                 }
             }
+        }
+        if first {
+            // Counted once the first verdict is applied.
+            first_round.add_permits(1);
         }
         first = false;
     }

@@ -40,6 +40,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access_log;
+pub mod activation;
 pub mod admin;
 pub mod chunked;
 pub mod client_io;
@@ -66,6 +67,7 @@ pub mod redirect;
 pub mod relay;
 pub mod rewind;
 pub mod rules;
+pub mod sd_notify;
 pub mod server;
 pub mod snapshot;
 pub mod stats;

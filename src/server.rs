@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::access_log::AccessLog;
+use crate::activation;
 use crate::admin::{self, Admin};
 use crate::color::Color;
 use crate::config::Config;
@@ -23,6 +24,7 @@ use crate::listener;
 use crate::metrics::Telemetry;
 use crate::pool::Pool;
 use crate::proxy::Proxy;
+use crate::sd_notify;
 use crate::snapshot::Snapshot;
 use crate::switchboard::{self, StateReport, Switchboard};
 use crate::tls::{self, Certs, Terminator, TlsError};
@@ -141,7 +143,30 @@ impl Server {
             access: config.admin.access.clone(),
         });
 
-        let listeners = bind_listeners(&config).await?;
+        // Passed sockets (socket activation) first; whatever is not passed is bound.
+        let mut wanted: Vec<activation::Endpoint> = config
+            .listen
+            .endpoints
+            .iter()
+            .map(|e| activation::Endpoint {
+                name: e.name.clone(),
+                address: e.address,
+                backlog: config.listen.backlog,
+            })
+            .collect();
+        wanted.extend(config.metrics.listen.map(|address| activation::Endpoint {
+            name: Some("metrics".to_owned()),
+            address,
+            backlog: 128,
+        }));
+        let mut bound = activation::listeners(&wanted)
+            .await
+            .map_err(StartError::Listen)?;
+        let metrics_listener = match config.metrics.listen {
+            Some(_) => bound.pop(),
+            None => None,
+        };
+        let listeners = serving(&config, bound)?;
         let certificates = listeners
             .iter()
             .filter_map(|b| match &b.serves {
@@ -149,14 +174,6 @@ impl Server {
                 _ => None,
             })
             .collect();
-        let metrics_listener = match config.metrics.listen {
-            Some(addr) => Some(
-                listener::bind(addr, 128)
-                    .await
-                    .map_err(StartError::Listen)?,
-            ),
-            None => None,
-        };
         let admin_listener =
             admin::bind(&config.admin.socket, config.admin.mode, config.admin.group)
                 .await
@@ -232,7 +249,13 @@ impl Server {
         // Health checkers, the idle connection sweep and the TCP metrics endpoint;
         // ended on shutdown.
         let mut background = tokio::task::JoinSet::new();
-        health::spawn_checkers(&self.pools, &mut background);
+        let first_round = health::spawn_checkers(&self.pools, &mut background);
+        // READY=1 (and STATUS=, WATCHDOG=1) for a service manager, when one listens.
+        let switchboard = Arc::clone(&self.admin.switchboard);
+        background.spawn(sd_notify::supervise(first_round.wait(), move || {
+            let snap = switchboard.snapshot();
+            format!("live {}, generation {}", snap.live, snap.generation)
+        }));
         background.spawn(Arc::clone(self.tracker.upstreams()).sweep());
         if let Some(listener) = self.metrics_listener {
             background.spawn(admin::serve_metrics(listener, Arc::clone(&self.admin)));
@@ -257,6 +280,7 @@ impl Server {
             shutdown,
         )
         .await;
+        sd_notify::stopping();
         tracing::info!(
             open_connections = connections.count(),
             grace = ?self.grace,
@@ -298,14 +322,11 @@ impl Server {
     }
 }
 
-/// Binds every client listener in config order. A redirecting listener points at the
-/// first TLS listener's port (443 when there is none).
-async fn bind_listeners(config: &Config) -> Result<Vec<listener::Bound>, StartError> {
-    let mut bound = Vec::with_capacity(config.listen.endpoints.len());
-    for e in &config.listen.endpoints {
-        let l = listener::bind(e.address, config.listen.backlog)
-            .await
-            .map_err(StartError::Listen)?;
+/// What each client listener (bound or passed, in config order) serves. A redirecting
+/// listener points at the first TLS listener's port (443 when there is none).
+fn serving(config: &Config, sockets: Vec<TcpListener>) -> Result<Vec<listener::Bound>, StartError> {
+    let mut bound = Vec::with_capacity(sockets.len());
+    for (e, l) in config.listen.endpoints.iter().zip(sockets) {
         let serves = match &e.tls {
             Some(t) => listener::Serves::Tls(Arc::new(Terminator::new(t).map_err(|source| {
                 StartError::Tls {
