@@ -41,6 +41,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod backend_stream;
 pub mod chunked;
 pub mod color;
 pub mod config;
@@ -69,4 +70,5 @@ pub mod snapshot;
 pub mod stats;
 pub mod switchboard;
 pub mod upstream;
+pub mod upstream_tls;
 pub mod write_timeout;

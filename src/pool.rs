@@ -6,19 +6,27 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use http::uri::Authority;
 
 use crate::config::{EjectionConfig, PoolConfig};
 use crate::idle::IdleConns;
 use crate::log_limit::LogLimit;
+use crate::upstream_tls::{BackendTls, TlsConfigError};
 
 /// One upstream server.
 #[derive(Debug)]
 pub struct Backend {
-    /// `host:port` as configured; used in logs and status.
+    /// `host:port` as configured (`https://host:port` for a TLS backend); used in logs
+    /// and status, and what a rebuilt pool matches backends by.
     pub address: String,
-    /// The same, pre-parsed, so building the upstream URI costs no parsing.
+    /// `host:port`, pre-parsed: what is connected to, and the upstream URI's authority
+    /// without parsing.
     pub authority: Authority,
+    /// How the connection is secured, for an `https://` backend; `None` is plain TCP.
+    /// Swapped when a rebuilt pool brings new TLS settings, so new connections use
+    /// them while the backend keeps its state.
+    pub tls: ArcSwapOption<BackendTls>,
     /// Requests sent to this backend whose response has not finished streaming.
     in_flight: AtomicUsize,
     /// Whether active health checks let traffic through; true until a check fails.
@@ -66,6 +74,15 @@ pub struct Pool {
     pub config: PoolConfig,
 }
 
+/// Why a pool could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("{0}")]
+    Address(#[from] http::uri::InvalidUri),
+    #[error("{0}")]
+    Tls(#[from] TlsConfigError),
+}
+
 /// Held while a request is in flight to a backend; decrements on drop.
 #[derive(Debug)]
 pub struct BackendGuard(Arc<Backend>);
@@ -79,15 +96,22 @@ pub fn epoch_ms() -> u64 {
 // === impl Backend ===
 
 impl Backend {
-    /// `address` must be a validated `host:port` (see `config`).
+    /// `address` must be a validated `host:port` or `https://host:port` (see
+    /// `config`).
     fn new(
         address: &str,
         ejection: Arc<EjectionState>,
-        probed: bool,
-    ) -> Result<Backend, http::uri::InvalidUri> {
+        config: &PoolConfig,
+    ) -> Result<Backend, PoolError> {
+        let probed = config.health.is_some();
+        let authority: Authority = address
+            .strip_prefix("https://")
+            .unwrap_or(address)
+            .parse()?;
         Ok(Backend {
             address: address.to_owned(),
-            authority: address.parse()?,
+            tls: ArcSwapOption::new(backend_tls(address, &authority, config)?.map(Arc::new)),
+            authority,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             verified: AtomicBool::new(!probed),
@@ -99,6 +123,11 @@ impl Backend {
             ejection,
             idle: IdleConns::default(),
         })
+    }
+
+    /// Whether it is reached over TLS.
+    pub fn is_https(&self) -> bool {
+        self.address.starts_with("https://")
     }
 
     pub fn in_flight(&self) -> usize {
@@ -236,10 +265,7 @@ impl BackendGuard {
 impl Pool {
     /// Builds a pool, reusing a backend from `existing` where the address matches so
     /// its state carries over.
-    pub fn build(
-        config: &PoolConfig,
-        existing: &[Arc<Backend>],
-    ) -> Result<Pool, http::uri::InvalidUri> {
+    pub fn build(config: &PoolConfig, existing: &[Arc<Backend>]) -> Result<Pool, PoolError> {
         let ejection = Arc::new(EjectionState {
             policy: config.ejection.clone(),
             ejected: AtomicUsize::new(0),
@@ -249,10 +275,12 @@ impl Pool {
             .backends
             .iter()
             .map(|addr| match existing.iter().find(|b| &b.address == addr) {
-                Some(b) => Ok(Arc::clone(b)),
-                None => {
-                    Backend::new(addr, Arc::clone(&ejection), config.health.is_some()).map(Arc::new)
+                Some(b) => {
+                    let tls = backend_tls(addr, &b.authority, config)?;
+                    b.tls.store(tls.map(Arc::new));
+                    Ok(Arc::clone(b))
                 }
+                None => Backend::new(addr, Arc::clone(&ejection), config).map(Arc::new),
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Pool {
@@ -288,6 +316,23 @@ impl Pool {
 
     pub fn healthy_count(&self) -> usize {
         self.backends.iter().filter(|b| b.is_available()).count()
+    }
+}
+
+/// How an `https://` backend is reached with its pool's TLS settings; `None` for a
+/// plain one.
+fn backend_tls(
+    address: &str,
+    authority: &Authority,
+    config: &PoolConfig,
+) -> Result<Option<BackendTls>, TlsConfigError> {
+    if !address.starts_with("https://") {
+        return Ok(None);
+    }
+    match &config.tls {
+        Some(client) => client.for_host(authority.host()).map(Some),
+        // Validation builds the settings for every pool with an https backend.
+        None => Err(TlsConfigError::NoSettings(address.to_owned())),
     }
 }
 

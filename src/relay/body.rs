@@ -8,9 +8,9 @@ use tokio::time::Instant;
 
 use bytes::Buf;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use super::{Conn, READ_SIZE};
+use crate::backend_stream::BackendStream;
 use crate::chunked::Chunked;
 use crate::deadline::Deadline;
 use crate::drain::{CUT_CHECK, InFlight};
@@ -19,7 +19,7 @@ use crate::rules::response::Framing;
 
 pub(super) async fn relay_body(
     c: &mut Conn,
-    upstream: &mut TcpStream,
+    upstream: &mut BackendStream,
     framing: Framing,
     in_flight: InFlight,
     read_timeout: Duration,
