@@ -19,7 +19,8 @@
 //!   of that colour's [`pool::Pool`] (round-robin, lock-free), and starts a
 //!   [`drain::InFlight`] guard that counts the request against its colour and backend
 //!   until the response body has finished streaming;
-//! - [`upstream`]: the backend's keep-alive connections ([`idle`]).
+//! - [`upstream`]: the backend's keep-alive connections ([`idle`]), plain or TLS
+//!   ([`backend_stream`]) to an `https://` backend ([`upstream_tls`]).
 //!
 //! Errors become 4xx (the client's fault, never counted against a backend) or
 //! 502/503/504 in one place ([`error`], [`rules::blame`]). Because routing happens per
