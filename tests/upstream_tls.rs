@@ -88,6 +88,32 @@ async fn an_https_backend_verified_by_the_configured_ca_serves_both_paths_on_kep
 }
 
 #[tokio::test]
+async fn large_bodies_cross_an_https_backend_whole_in_both_directions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("backend ca");
+    let ca_file = ca.write(dir.path(), "ca");
+    let secure =
+        TlsBackend::start("secure", &ca.issue(dir.path(), "b", &["127.0.0.1"]), None).await;
+    let proxy = proxy(dir, &[secure.https()], &blue_tls(&ca_file, "")).await;
+    let mut conn = Conn::open(proxy.addr).await;
+    // Uploads held by the relay and larger ones streamed by hyper, each more than a
+    // socket buffer, so TLS records wait to be flushed.
+    for size in [1_000_000usize, 3_000_000] {
+        let body = "u".repeat(size);
+        let upload = conn.send(support::request(http::Method::POST, "/sink", &body));
+        let answer = tokio::time::timeout(Duration::from_secs(10), upload)
+            .await
+            .expect("the upload is answered in time")
+            .expect("upload answered");
+        assert_eq!(answer.status, StatusCode::OK, "{size}: {}", answer.text());
+        assert_eq!(answer.text(), size.to_string());
+        let answer = conn.get(&format!("/big?bytes={size}")).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body.len(), size);
+    }
+}
+
+#[tokio::test]
 async fn a_backend_certificate_the_pool_cannot_verify_gets_502_naming_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new("trusted ca");

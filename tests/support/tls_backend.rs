@@ -1,6 +1,7 @@
 //! An https backend on 127.0.0.1:0: TLS with a certificate from a [`TestCa`], and,
 //! when given a CA for clients, a required client certificate verified against it.
-//! It answers like the plain test backend: its name, or `/healthz` with 200.
+//! It answers like the plain test backend: its name, `/healthz` with 200, `/sink`
+//! and `/big` as described at [`answer`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,11 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
 use super::tls::{Issued, TestCa};
 
@@ -29,6 +29,29 @@ pub struct TlsBackend {
     pub with_client_cert: Arc<AtomicUsize>,
     /// Requests answered.
     pub requests: Arc<AtomicUsize>,
+}
+
+/// `/sink`: the length of the request body, read after 200 ms; `/big?bytes=N`: N bytes of `x`; else the
+/// backend's name.
+async fn answer(name: &'static str, req: Request<Incoming>) -> Bytes {
+    match req.uri().path() {
+        "/sink" => match {
+            // Reads late, so the sender's socket fills and TLS records wait in rustls.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            req.into_body().collect().await
+        } {
+            Ok(body) => Bytes::from(body.to_bytes().len().to_string()),
+            Err(e) => Bytes::from(format!("body failed: {e}")),
+        },
+        "/big" => {
+            let n = (req.uri().query())
+                .and_then(|q| q.strip_prefix("bytes="))
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            Bytes::from(vec![b'x'; n])
+        }
+        _ => Bytes::from_static(name.as_bytes()),
+    }
 }
 
 impl TlsBackend {
@@ -61,7 +84,14 @@ impl TlsBackend {
             .expect("server config");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // A small receive buffer (inherited by accepted sockets), so a large upload
+        // fills it and the sender's writes wait.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(8 * 1024).expect("SO_RCVBUF");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let listener = socket.listen(128).expect("listen");
         let b = TlsBackend {
             addr: listener.local_addr().expect("addr"),
             handshakes: Arc::default(),
@@ -89,15 +119,15 @@ impl TlsBackend {
                         let s = s.clone();
                         async move {
                             let body = if req.uri().path() == "/healthz" {
-                                "ok"
+                                Bytes::from_static(b"ok")
                             } else {
                                 s.requests.fetch_add(1, Ordering::SeqCst);
-                                name
+                                answer(name, req).await
                             };
                             Ok::<_, Infallible>(
                                 Response::builder()
                                     .header("x-backend", name)
-                                    .body(Full::new(Bytes::from_static(body.as_bytes())))
+                                    .body(Full::new(body))
                                     .expect("response"),
                             )
                         }
