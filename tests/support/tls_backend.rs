@@ -31,18 +31,18 @@ pub struct TlsBackend {
     pub requests: Arc<AtomicUsize>,
 }
 
-/// `/sink`: the length of the request body, read after 200 ms; `/big?bytes=N`: N bytes of `x`; else the
-/// backend's name.
+/// `/sink`: the length of the request body, read after 200 ms; `/big?bytes=N`: N
+/// bytes of `x`; else the backend's name.
 async fn answer(name: &'static str, req: Request<Incoming>) -> Bytes {
     match req.uri().path() {
-        "/sink" => match {
-            // Reads late, so the sender's socket fills and TLS records wait in rustls.
+        "/sink" => {
+            // Reads late, so the sender's socket fills and its writes wait.
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            req.into_body().collect().await
-        } {
-            Ok(body) => Bytes::from(body.to_bytes().len().to_string()),
-            Err(e) => Bytes::from(format!("body failed: {e}")),
-        },
+            match req.into_body().collect().await {
+                Ok(body) => Bytes::from(body.to_bytes().len().to_string()),
+                Err(e) => Bytes::from(format!("body failed: {e}")),
+            }
+        }
         "/big" => {
             let n = (req.uri().query())
                 .and_then(|q| q.strip_prefix("bytes="))
