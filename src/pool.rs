@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use http::uri::Authority;
 
 use crate::config::{EjectionConfig, PoolConfig};
@@ -24,9 +23,9 @@ pub struct Backend {
     /// without parsing.
     pub authority: Authority,
     /// How the connection is secured, for an `https://` backend; `None` is plain TCP.
-    /// Swapped when a rebuilt pool brings new TLS settings, so new connections use
-    /// them while the backend keeps its state.
-    pub tls: ArcSwapOption<BackendTls>,
+    /// A rebuilt pool whose TLS settings changed gets new backends, so this never
+    /// changes under a backend.
+    pub tls: Option<BackendTls>,
     /// Requests sent to this backend whose response has not finished streaming.
     in_flight: AtomicUsize,
     /// Whether active health checks let traffic through; true until a check fails.
@@ -110,7 +109,7 @@ impl Backend {
             .parse()?;
         Ok(Backend {
             address: address.to_owned(),
-            tls: ArcSwapOption::new(backend_tls(address, &authority, config)?.map(Arc::new)),
+            tls: backend_tls(address, &authority, config)?,
             authority,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
@@ -123,11 +122,6 @@ impl Backend {
             ejection,
             idle: IdleConns::default(),
         })
-    }
-
-    /// Whether it is reached over TLS.
-    pub fn is_https(&self) -> bool {
-        self.address.starts_with("https://")
     }
 
     pub fn in_flight(&self) -> usize {
@@ -263,8 +257,8 @@ impl BackendGuard {
 // === impl Pool ===
 
 impl Pool {
-    /// Builds a pool, reusing a backend from `existing` where the address matches so
-    /// its state carries over.
+    /// Builds a pool, reusing a backend from `existing` where the address (and, for an
+    /// https one, the pool's TLS settings) match so its state carries over.
     pub fn build(config: &PoolConfig, existing: &[Arc<Backend>]) -> Result<Pool, PoolError> {
         let ejection = Arc::new(EjectionState {
             policy: config.ejection.clone(),
@@ -274,13 +268,12 @@ impl Pool {
         let backends = config
             .backends
             .iter()
-            .map(|addr| match existing.iter().find(|b| &b.address == addr) {
-                Some(b) => {
-                    let tls = backend_tls(addr, &b.authority, config)?;
-                    b.tls.store(tls.map(Arc::new));
-                    Ok(Arc::clone(b))
+            .map(|addr| {
+                let same = |b: &&Arc<Backend>| &b.address == addr && same_tls(b, config);
+                match existing.iter().find(same) {
+                    Some(b) => Ok(Arc::clone(b)),
+                    None => Backend::new(addr, Arc::clone(&ejection), config).map(Arc::new),
                 }
-                None => Backend::new(addr, Arc::clone(&ejection), config).map(Arc::new),
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Pool {
@@ -316,6 +309,16 @@ impl Pool {
 
     pub fn healthy_count(&self) -> usize {
         self.backends.iter().filter(|b| b.is_available()).count()
+    }
+}
+
+/// Whether `b` was built with the TLS settings `config` has for it (none for a plain
+/// backend).
+fn same_tls(b: &Backend, config: &PoolConfig) -> bool {
+    match (&b.tls, &config.tls) {
+        (None, _) => true,
+        (Some(tls), Some(client)) => tls.settings == client.settings,
+        (Some(_), None) => false,
     }
 }
 
@@ -403,5 +406,46 @@ mod tests {
         .expect("valid");
         assert!(Arc::ptr_eq(&old.backends[0], &new.backends[0]));
         assert_eq!(new.backends[0].in_flight(), 1);
+    }
+
+    fn tls_client(ca: &str) -> crate::upstream_tls::TlsClient {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        crate::upstream_tls::TlsClient {
+            settings: crate::upstream_tls::TlsSettings {
+                ca: Some(ca.into()),
+                ..Default::default()
+            },
+            config: Arc::new(config),
+            server_name: None,
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_pool_keeps_an_https_backend_only_while_its_tls_settings_stay() {
+        let with = |ca: &str| PoolConfig {
+            backends: vec!["https://127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            tls: Some(tls_client(ca)),
+            ..PoolConfig::default()
+        };
+        let old = Pool::build(&with("/a.pem"), &[]).expect("valid");
+        let tls = old.backends[0].tls.as_ref().expect("https backend has TLS");
+        assert_eq!(
+            tls.name,
+            rustls::pki_types::ServerName::try_from("127.0.0.1").expect("ip")
+        );
+        assert_eq!(old.backends[0].authority.as_str(), "127.0.0.1:1");
+        assert!(old.backends[1].tls.is_none());
+
+        let same = Pool::build(&with("/a.pem"), &old.backends).expect("valid");
+        assert!(Arc::ptr_eq(&old.backends[0], &same.backends[0]));
+        let changed = Pool::build(&with("/b.pem"), &old.backends).expect("valid");
+        assert!(!Arc::ptr_eq(&old.backends[0], &changed.backends[0]));
+        // The plain backend is not touched by TLS settings.
+        assert!(Arc::ptr_eq(&old.backends[1], &changed.backends[1]));
     }
 }

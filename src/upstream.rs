@@ -108,8 +108,7 @@ pub async fn connect(backend: &Backend, timeout: Duration) -> Result<BackendStre
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(backend = %backend.address, error = %e, "set TCP_NODELAY failed");
         }
-        let tls = backend.tls.load();
-        match tls.as_deref() {
+        match &backend.tls {
             None => Ok(BackendStream::Plain(stream)),
             Some(tls) => match tls.handshake(stream).await {
                 Ok(stream) => Ok(BackendStream::Tls(Box::new(stream))),

@@ -55,6 +55,9 @@ pub struct BackendTls {
     /// The name its certificate must hold: a DNS name (also sent as SNI) or an IP
     /// address (verified against the IP SANs, and no SNI is sent, RFC 6066 §3).
     pub name: ServerName<'static>,
+    /// The pool settings it was built from: a rebuilt pool reuses the backend only
+    /// when they are the same.
+    pub settings: TlsSettings,
 }
 
 /// Why a pool's TLS settings could not be built; each names the key at fault.
@@ -150,6 +153,7 @@ impl TlsClient {
         Ok(BackendTls {
             config: Arc::clone(&self.config),
             name,
+            settings: self.settings.clone(),
         })
     }
 }
@@ -308,5 +312,42 @@ impl TlsFailure {
 impl std::fmt::Display for TlsFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TLS handshake failed: {}", self.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_becomes_a_dns_name_or_an_ip_address_to_verify() {
+        assert!(matches!(
+            server_name("app.internal"),
+            Ok(ServerName::DnsName(_))
+        ));
+        assert!(matches!(
+            server_name("10.0.0.5"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(server_name("[::1]"), Ok(ServerName::IpAddress(_))));
+        assert!(server_name("not a name!").is_err());
+    }
+
+    #[test]
+    fn a_handshake_error_names_its_reason_in_the_502() {
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        );
+        let failure = TlsFailure::from_io(&e);
+        assert_eq!(failure.reason, "invalid peer certificate: UnknownIssuer");
+        assert!(
+            failure
+                .answer
+                .starts_with("502 Bad Gateway: backend TLS handshake failed: ")
+        );
+        assert_eq!(TlsFailure::in_chain(&e), Some(failure));
+        let plain = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(TlsFailure::in_chain(&plain), None);
     }
 }
