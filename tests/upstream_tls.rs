@@ -154,6 +154,57 @@ async fn a_backend_certificate_the_pool_cannot_verify_gets_502_naming_the_reason
 }
 
 #[tokio::test]
+async fn a_backend_that_never_finishes_the_handshake_is_bounded_by_connect_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = TestCa::new("backend ca").write(dir.path(), "ca");
+    // Accepts TCP connections and never says a word of TLS.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let extra = format!(
+        "{}\n[upstream]\nconnect_timeout = \"300ms\"\nresponse_timeout = \"60s\"\n",
+        blue_tls(&ca_file, "")
+    );
+    let proxy = proxy(dir, &[format!("https://{addr}")], &extra).await;
+    // Far less than the response timeout: the handshake is part of the connect.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        Conn::open(proxy.addr).await.get("/"),
+    )
+    .await
+    .expect("answered within the connect timeout, not the response timeout");
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
+    assert!(answer.text().contains("unreachable"), "{}", answer.text());
+}
+
+#[tokio::test]
+async fn a_request_whose_backend_fails_the_handshake_moves_to_another_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("backend ca");
+    let ca_file = ca.write(dir.path(), "ca");
+    let other = TestCa::new("someone else's ca");
+    let bad = TlsBackend::start("bad", &other.issue(dir.path(), "u", &["127.0.0.1"]), None).await;
+    let good = TlsBackend::start("good", &ca.issue(dir.path(), "g", &["127.0.0.1"]), None).await;
+    let proxy = proxy(dir, &[bad.https(), good.https()], &blue_tls(&ca_file, "")).await;
+    // Round-robin sends some of these to the untrusted backend first; nothing of a
+    // request was sent there, so each goes on to the trusted one.
+    for _ in 0..4 {
+        let answer = Conn::open(proxy.addr).await.get("/").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_eq!(answer.text(), "good");
+    }
+    assert!(bad.refused() >= 1, "the untrusted backend was tried");
+    assert_eq!(good.requests(), 4);
+}
+
+#[tokio::test]
 async fn a_configured_client_certificate_is_presented_to_a_backend_that_requires_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new("backend ca");
