@@ -79,6 +79,12 @@ async fn an_https_backend_verified_by_the_configured_ca_serves_both_paths_on_kep
         );
     }
     assert_eq!(secure.requests(), 10);
+    // RFC 6066 §3: no IP address in SNI.
+    assert!(
+        secure.sni().iter().all(Option::is_none),
+        "{:?}",
+        secure.sni()
+    );
     // One connection per path at most: kept alive, not a handshake per request.
     assert!(
         secure.handshakes() <= 2,
@@ -257,7 +263,7 @@ async fn a_configured_client_certificate_is_presented_to_a_backend_that_requires
 }
 
 #[tokio::test]
-async fn server_name_sets_the_name_a_backend_is_verified_as() {
+async fn server_name_sets_the_name_a_backend_is_verified_as_and_sent_as_sni() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new("backend ca");
     let ca_file = ca.write(dir.path(), "ca");
@@ -273,6 +279,21 @@ async fn server_name_sets_the_name_a_backend_is_verified_as() {
     let answer = Conn::open(proxy.addr).await.get("/").await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert_eq!(answer.text(), "named");
+    assert_eq!(named.sni(), [Some("api.internal".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_backend_written_by_dns_name_is_verified_as_that_name_and_sent_it_as_sni() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("backend ca");
+    let ca_file = ca.write(dir.path(), "ca");
+    let local = TlsBackend::start("local", &ca.issue(dir.path(), "b", &["localhost"]), None).await;
+    let address = format!("https://localhost:{}", local.addr.port());
+    let proxy = proxy(dir, &[address], &blue_tls(&ca_file, "")).await;
+    let answer = Conn::open(proxy.addr).await.get("/").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.text(), "local");
+    assert_eq!(local.sni(), [Some("localhost".to_owned())]);
 }
 
 #[tokio::test]

@@ -29,6 +29,8 @@ pub struct TlsBackend {
     pub with_client_cert: Arc<AtomicUsize>,
     /// Requests answered.
     pub requests: Arc<AtomicUsize>,
+    /// The SNI of each completed handshake (`None` where the client sent none).
+    pub sni: Arc<std::sync::Mutex<Vec<Option<String>>>>,
 }
 
 /// `/sink`: the length of the request body, read after 200 ms; `/big?bytes=N`: N
@@ -98,6 +100,7 @@ impl TlsBackend {
             refused: Arc::default(),
             with_client_cert: Arc::default(),
             requests: Arc::default(),
+            sni: Arc::default(),
         };
         let state = b.clone();
         tokio::spawn(async move {
@@ -111,6 +114,8 @@ impl TlsBackend {
                         s.refused.fetch_add(1, Ordering::SeqCst);
                         return;
                     };
+                    let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                    s.sni.lock().expect("sni lock").push(sni);
                     s.handshakes.fetch_add(1, Ordering::SeqCst);
                     if tls.get_ref().1.peer_certificates().is_some() {
                         s.with_client_cert.fetch_add(1, Ordering::SeqCst);
@@ -151,6 +156,11 @@ impl TlsBackend {
 
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The SNI each handshake so far carried.
+    pub fn sni(&self) -> Vec<Option<String>> {
+        self.sni.lock().expect("sni lock").clone()
     }
 
     /// The address as a pool lists it.
