@@ -98,6 +98,12 @@ fn check_on_each_kind_of_bad_config_exits_non_zero_naming_the_key() {
             "pools.green.tls.ca: cannot read /nonexistent/backend-ca.pem",
         ),
         (
+            "a device as the ca file",
+            GOOD.replace("\"127.0.0.1:9002\"", "\"https://127.0.0.1:9002\"")
+                + "[pools.green.tls]\nca = \"/dev/zero\"\n",
+            "pools.green.tls.ca: /dev/zero is not a regular file",
+        ),
+        (
             "client cert without key",
             GOOD.replace("\"127.0.0.1:9002\"", "\"https://127.0.0.1:9002\"")
                 + "[pools.green.tls]\ncert = \"/etc/cutover/client.crt\"\n",

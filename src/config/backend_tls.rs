@@ -65,11 +65,15 @@ pub(super) fn pool_tls(
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
         (Some(_), None) => {
-            problem(problems, &key(".cert"), "needs key = \"/path/to/client.key\" beside it (the client certificate's private key)".into());
+            let why =
+                "needs key = \"/path/to/client.key\" beside it (the certificate's private key)";
+            problem(problems, &key(".cert"), why.into());
             return None;
         }
         (None, Some(_)) => {
-            problem(problems, &key(".key"), "needs cert = \"/path/to/client.crt\" beside it (the client certificate it belongs to)".into());
+            let why =
+                "needs cert = \"/path/to/client.crt\" beside it (the certificate it belongs to)";
+            problem(problems, &key(".key"), why.into());
             return None;
         }
     };
@@ -82,6 +86,19 @@ pub(super) fn pool_tls(
             format!("{:?} is not a DNS name or an IP address", Excerpt(name)),
         );
         return None;
+    }
+    let (cert, key_file) = match &client_cert {
+        Some((cert, key)) => (Some(cert.as_path()), Some(key.as_path())),
+        None => (None, None),
+    };
+    let files = [("ca", raw.ca.as_deref()), ("cert", cert), ("key", key_file)];
+    for (name, path) in files {
+        if let Some(path) = path
+            && let Some(why) = not_a_file(path)
+        {
+            problem(problems, &key(&format!(".{name}")), why);
+            return None;
+        }
     }
     let settings = TlsSettings {
         ca: raw.ca,
@@ -98,5 +115,15 @@ pub(super) fn pool_tls(
             problem(problems, &key(&which), e.to_string());
             None
         }
+    }
+}
+
+/// Why `path` cannot be a PEM file to read whole: missing, or not a regular file (a
+/// device or a pipe would be read without end). `None` when it is one.
+fn not_a_file(path: &std::path::Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => None,
+        Ok(_) => Some(format!("{} is not a regular file", path.display())),
+        Err(e) => Some(format!("cannot read {}: {e}", path.display())),
     }
 }
