@@ -12,6 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
+use crate::color::Color;
 use crate::config::UpstreamConfig;
 use crate::connections::Timeouts;
 use crate::drain::{AccessEntry, InFlight, Tracker};
@@ -22,6 +23,8 @@ use crate::metrics::ErrorKind;
 use crate::rules::Policy;
 use crate::rules::forwarded::{self, Client};
 use crate::snapshot::{Routable, Snapshot};
+use crate::upstream::UpstreamError;
+use crate::upstream_tls::TlsFailure;
 
 /// Everything `forward` needs, shared by all connections.
 pub struct Proxy {
@@ -161,6 +164,51 @@ pub(crate) fn retry_elsewhere(in_flight: &mut InFlight, cause: &dyn std::fmt::Di
     );
     in_flight.move_to(&next);
     true
+}
+
+/// A connection to the backend that could not be opened, on either path: unreachable
+/// (`cause` says how), or its TLS handshake failed (the 502 names the reason). The
+/// backend's fault either way.
+pub(crate) fn connect_error(
+    backend: String,
+    color: Color,
+    e: &UpstreamError,
+    cause: String,
+) -> ProxyError {
+    match e {
+        UpstreamError::Tls(failure) => ProxyError::BackendTls {
+            backend,
+            color,
+            failure: *failure,
+        },
+        _ => ProxyError::Connect {
+            backend,
+            color,
+            cause,
+        },
+    }
+}
+
+/// A backend connection that failed after it was opened, on either path: a TLS
+/// alert or error (named in the 502), or any other break (`cause`).
+pub(crate) fn upstream_error(
+    backend: String,
+    color: Color,
+    source: &(dyn std::error::Error + 'static),
+    cause: String,
+) -> ProxyError {
+    match TlsFailure::in_chain(source) {
+        Some(failure) => ProxyError::BackendTls {
+            backend,
+            color,
+            failure,
+        },
+        None => ProxyError::Upstream {
+            backend,
+            color,
+            cause,
+        },
+    }
 }
 
 /// Budgets for the per-request failure lines: `suppressed` on a line counts those not

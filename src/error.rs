@@ -6,6 +6,7 @@ use http::StatusCode;
 
 use crate::color::Color;
 use crate::rules::blame::Fault;
+use crate::upstream_tls::TlsFailure;
 
 /// Why a proxied request got no upstream response.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,15 @@ pub enum ProxyError {
         color: Color,
         /// The connect error (refused, timed out, ...), as text.
         cause: String,
+    },
+    #[error("backend {backend} ({color}): {failure}")]
+    BackendTls {
+        /// The backend's `https://host:port`, for the log line.
+        backend: String,
+        /// The colour the request was routed to.
+        color: Color,
+        /// Why the handshake failed; the client's 502 names the reason.
+        failure: TlsFailure,
     },
     #[error("backend {backend} ({color}) failed before sending a response: {cause}")]
     Upstream {
@@ -62,7 +72,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. }
+            | ProxyError::BackendTls { .. }
+            | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Drained { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,6 +95,9 @@ impl ProxyError {
         match self {
             ProxyError::NoBackend { .. } => "503 Service Unavailable: no healthy backend\n",
             ProxyError::Connect { .. } => "502 Bad Gateway: backend unreachable\n",
+            // The reason (an untrusted or misnamed certificate) is the operator's to fix,
+            // and says nothing of where the backend is.
+            ProxyError::BackendTls { failure, .. } => failure.answer,
             ProxyError::Upstream { .. } => "502 Bad Gateway: backend failed before responding\n",
             ProxyError::Timeout { .. } => "504 Gateway Timeout: backend did not respond in time\n",
             ProxyError::ClientBody { .. } => "400 Bad Request: invalid request body\n",

@@ -1,7 +1,8 @@
 //! Active health checks and the cutover gate.
 //!
 //! Each backend of a pool with a `[pools.X.health]` table gets a task that sends
-//! `GET path` on a fresh connection every `interval`. A backend goes down after `fall`
+//! `GET path` on a fresh connection every `interval` (over TLS, verified as requests
+//! are, for an `https://` backend). A backend goes down after `fall`
 //! consecutive failures (at once if its very first check fails, so a backend that is
 //! down at start never gets traffic) and comes back after `rise` consecutive successes.
 //! State lives in the shared [`Backend`], so swaps never reset it.
@@ -22,6 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::config::HealthConfig;
 use crate::pool::{Backend, Pool};
+use crate::upstream::UpstreamError;
 
 /// The gate's verdict on one pool.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,19 +145,22 @@ async fn check_loop(backend: Arc<Backend>, config: HealthConfig, first_round: Ar
 /// One check: GET on a fresh connection within `timeout`. `Err` says why in a few words.
 async fn probe(backend: &Backend, config: &HealthConfig) -> Result<(), String> {
     let attempt = async {
-        let stream = tokio::net::TcpStream::connect(backend.address.as_str())
+        // The same connect as requests get: TLS (verified) for an https:// backend.
+        let stream = crate::upstream::connect(backend, config.timeout)
             .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::ConnectionRefused => "refused".to_owned(),
-                _ => format!("connect failed: {e}"),
+            .map_err(|e| match e {
+                UpstreamError::Connect(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    "refused".to_owned()
+                }
+                UpstreamError::Connect(e) => format!("connect failed: {e}"),
+                e => e.to_string(),
             })?;
-        let _ = stream.set_nodelay(true);
         let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake failed: {e}"))?;
         tokio::spawn(conn);
         let req = Request::get(config.path.as_str())
-            .header(header::HOST, backend.address.as_str())
+            .header(header::HOST, backend.authority.as_str())
             .header(header::USER_AGENT, "cutover-health")
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;

@@ -3,26 +3,22 @@
 //! back to. A leaf below the pools, so a pool never depends on the code that opens
 //! connections.
 
-use std::io;
-use std::task::{Context, Poll, Waker};
-
+use crate::backend_stream::BackendStream;
+use crate::headers::ClientBody;
 use crossbeam_queue::SegQueue;
 use hyper::client::conn::http1;
-use tokio::net::TcpStream;
-
-use crate::headers::ClientBody;
 
 /// The sending half of one connection to a backend; its connection task owns the socket.
 pub type Sender = http1::SendRequest<ClientBody>;
 
 /// One backend's idle connections, oldest first: hyper's (for requests hyper serves)
-/// and plain sockets (for the [`relay`](crate::relay)).
+/// and bare connections, plain or TLS (for the [`relay`](crate::relay)).
 #[derive(Debug, Default)]
 pub struct IdleConns {
     /// Hyper's connections, for requests hyper serves.
     pub(crate) queue: SegQueue<Idle<Sender>>,
-    /// Plain sockets, for the relay.
-    pub(crate) raw: SegQueue<Idle<TcpStream>>,
+    /// Bare connections (plain or TLS), for the relay.
+    pub(crate) raw: SegQueue<Idle<BackendStream>>,
 }
 
 #[derive(Debug)]
@@ -63,7 +59,9 @@ impl IdleConns {
         retain(&self.queue, |idle| {
             idle.sweep >= oldest && !idle.conn.is_closed()
         });
-        retain(&self.raw, |idle| idle.sweep >= oldest && open(&idle.conn));
+        retain(&self.raw, |idle| {
+            idle.sweep >= oldest && idle.conn.is_open()
+        });
     }
 }
 
@@ -73,20 +71,6 @@ fn retain<C>(queue: &SegQueue<Idle<C>>, keep: impl Fn(&Idle<C>) -> bool) {
         let Some(idle) = queue.pop() else { break };
         if keep(&idle) {
             queue.push(idle);
-        }
-    }
-}
-
-/// Whether an idle socket is still open with nothing unread. Costs no system call
-/// unless the socket has become readable since it was last read, which for an idle
-/// connection means the backend closed it (or sent something it should not have).
-pub(crate) fn open(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         }
     }
 }

@@ -19,7 +19,8 @@
 //!   of that colour's [`pool::Pool`] (round-robin, lock-free), and starts a
 //!   [`drain::InFlight`] guard that counts the request against its colour and backend
 //!   until the response body has finished streaming;
-//! - [`upstream`]: the backend's keep-alive connections ([`idle`]).
+//! - [`upstream`]: the backend's keep-alive connections ([`idle`]), plain or TLS
+//!   ([`backend_stream`]) to an `https://` backend ([`upstream_tls`]).
 //!
 //! Errors become 4xx (the client's fault, never counted against a backend) or
 //! 502/503/504 in one place ([`error`], [`rules::blame`]). Because routing happens per
@@ -42,6 +43,7 @@
 pub mod access_log;
 pub mod activation;
 pub mod admin;
+pub mod backend_stream;
 pub mod chunked;
 pub mod client_io;
 pub mod color;
@@ -74,4 +76,5 @@ pub mod stats;
 pub mod switchboard;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_tls;
 pub mod write_timeout;

@@ -11,14 +11,21 @@ use http::uri::Authority;
 use crate::config::{EjectionConfig, PoolConfig};
 use crate::idle::IdleConns;
 use crate::log_limit::LogLimit;
+use crate::upstream_tls::{BackendTls, TlsConfigError};
 
 /// One upstream server.
 #[derive(Debug)]
 pub struct Backend {
-    /// `host:port` as configured; used in logs and status.
+    /// `host:port` as configured (`https://host:port` for a TLS backend); used in logs
+    /// and status, and what a rebuilt pool matches backends by.
     pub address: String,
-    /// The same, pre-parsed, so building the upstream URI costs no parsing.
+    /// `host:port`, pre-parsed: what is connected to, and the upstream URI's authority
+    /// without parsing.
     pub authority: Authority,
+    /// How the connection is secured, for an `https://` backend; `None` is plain TCP.
+    /// A rebuilt pool whose TLS settings changed gets new backends, so this never
+    /// changes under a backend.
+    pub tls: Option<BackendTls>,
     /// Requests sent to this backend whose response has not finished streaming.
     in_flight: AtomicUsize,
     /// Whether active health checks let traffic through; true until a check fails.
@@ -66,6 +73,15 @@ pub struct Pool {
     pub config: PoolConfig,
 }
 
+/// Why a pool could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("{0}")]
+    Address(#[from] http::uri::InvalidUri),
+    #[error("{0}")]
+    Tls(#[from] TlsConfigError),
+}
+
 /// Held while a request is in flight to a backend; decrements on drop.
 #[derive(Debug)]
 pub struct BackendGuard(Arc<Backend>);
@@ -79,15 +95,22 @@ pub fn epoch_ms() -> u64 {
 // === impl Backend ===
 
 impl Backend {
-    /// `address` must be a validated `host:port` (see `config`).
+    /// `address` must be a validated `host:port` or `https://host:port` (see
+    /// `config`).
     fn new(
         address: &str,
         ejection: Arc<EjectionState>,
-        probed: bool,
-    ) -> Result<Backend, http::uri::InvalidUri> {
+        config: &PoolConfig,
+    ) -> Result<Backend, PoolError> {
+        let probed = config.health.is_some();
+        let authority: Authority = address
+            .strip_prefix("https://")
+            .unwrap_or(address)
+            .parse()?;
         Ok(Backend {
             address: address.to_owned(),
-            authority: address.parse()?,
+            tls: backend_tls(address, &authority, config)?,
+            authority,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             verified: AtomicBool::new(!probed),
@@ -234,12 +257,9 @@ impl BackendGuard {
 // === impl Pool ===
 
 impl Pool {
-    /// Builds a pool, reusing a backend from `existing` where the address matches so
-    /// its state carries over.
-    pub fn build(
-        config: &PoolConfig,
-        existing: &[Arc<Backend>],
-    ) -> Result<Pool, http::uri::InvalidUri> {
+    /// Builds a pool, reusing a backend from `existing` where the address (and, for an
+    /// https one, the pool's TLS settings) match so its state carries over.
+    pub fn build(config: &PoolConfig, existing: &[Arc<Backend>]) -> Result<Pool, PoolError> {
         let ejection = Arc::new(EjectionState {
             policy: config.ejection.clone(),
             ejected: AtomicUsize::new(0),
@@ -248,10 +268,11 @@ impl Pool {
         let backends = config
             .backends
             .iter()
-            .map(|addr| match existing.iter().find(|b| &b.address == addr) {
-                Some(b) => Ok(Arc::clone(b)),
-                None => {
-                    Backend::new(addr, Arc::clone(&ejection), config.health.is_some()).map(Arc::new)
+            .map(|addr| {
+                let same = |b: &&Arc<Backend>| &b.address == addr && same_tls(b, config);
+                match existing.iter().find(same) {
+                    Some(b) => Ok(Arc::clone(b)),
+                    None => Backend::new(addr, Arc::clone(&ejection), config).map(Arc::new),
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -288,6 +309,33 @@ impl Pool {
 
     pub fn healthy_count(&self) -> usize {
         self.backends.iter().filter(|b| b.is_available()).count()
+    }
+}
+
+/// Whether `b` was built with the TLS settings `config` has for it (none for a plain
+/// backend).
+fn same_tls(b: &Backend, config: &PoolConfig) -> bool {
+    match (&b.tls, &config.tls) {
+        (None, _) => true,
+        (Some(tls), Some(client)) => tls.settings == client.settings,
+        (Some(_), None) => false,
+    }
+}
+
+/// How an `https://` backend is reached with its pool's TLS settings; `None` for a
+/// plain one.
+fn backend_tls(
+    address: &str,
+    authority: &Authority,
+    config: &PoolConfig,
+) -> Result<Option<BackendTls>, TlsConfigError> {
+    if !address.starts_with("https://") {
+        return Ok(None);
+    }
+    match &config.tls {
+        Some(client) => client.for_host(authority.host()).map(Some),
+        // Validation builds the settings for every pool with an https backend.
+        None => Err(TlsConfigError::NoSettings(address.to_owned())),
     }
 }
 
@@ -358,5 +406,46 @@ mod tests {
         .expect("valid");
         assert!(Arc::ptr_eq(&old.backends[0], &new.backends[0]));
         assert_eq!(new.backends[0].in_flight(), 1);
+    }
+
+    fn tls_client(ca: &str) -> crate::upstream_tls::TlsClient {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        crate::upstream_tls::TlsClient {
+            settings: crate::upstream_tls::TlsSettings {
+                ca: Some(ca.into()),
+                ..Default::default()
+            },
+            config: Arc::new(config),
+            server_name: None,
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_pool_keeps_an_https_backend_only_while_its_tls_settings_stay() {
+        let with = |ca: &str| PoolConfig {
+            backends: vec!["https://127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            tls: Some(tls_client(ca)),
+            ..PoolConfig::default()
+        };
+        let old = Pool::build(&with("/a.pem"), &[]).expect("valid");
+        let tls = old.backends[0].tls.as_ref().expect("https backend has TLS");
+        assert_eq!(
+            tls.name,
+            rustls::pki_types::ServerName::try_from("127.0.0.1").expect("ip")
+        );
+        assert_eq!(old.backends[0].authority.as_str(), "127.0.0.1:1");
+        assert!(old.backends[1].tls.is_none());
+
+        let same = Pool::build(&with("/a.pem"), &old.backends).expect("valid");
+        assert!(Arc::ptr_eq(&old.backends[0], &same.backends[0]));
+        let changed = Pool::build(&with("/b.pem"), &old.backends).expect("valid");
+        assert!(!Arc::ptr_eq(&old.backends[0], &changed.backends[0]));
+        // The plain backend is not touched by TLS settings.
+        assert!(Arc::ptr_eq(&old.backends[1], &changed.backends[1]));
     }
 }

@@ -82,8 +82,9 @@ pub enum StartError {
     Backend {
         /// The pool's configured backends, comma-separated.
         address: String,
-        /// Why one of them is not a valid URI authority.
-        source: http::uri::InvalidUri,
+        /// Why one of them is not a valid URI authority, or its TLS settings are not
+        /// usable.
+        source: crate::pool::PoolError,
     },
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Each [`Backend`] keeps its own idle connections
 //! ([`IdleConns`](crate::idle::IdleConns), lock-free queues): plain sockets for the
-//! [`relay`](crate::relay), hyper senders for requests hyper serves.
+//! [`relay`](crate::relay), hyper senders for requests hyper serves. An `https://`
+//! backend's connections are the same over TLS ([`BackendStream`]); its handshake counts
+//! inside `connect_timeout`, and its connections are kept alive and reused the same way.
 //! A request takes one, skipping any the backend has closed, or opens a new one; once
 //! the response body has been read to its end the connection goes back. A body cut
 //! short, an error or an upgrade closes it instead. A sweep closes connections idle
@@ -27,12 +29,14 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::backend_stream::BackendStream;
 use crate::color::Color;
 use crate::config::UpstreamConfig;
 use crate::headers::ClientBody;
-use crate::idle::{Idle, Sender, open};
+use crate::idle::{Idle, Sender};
 use crate::pool::Backend;
 use crate::snapshot::Snapshot;
+use crate::upstream_tls::TlsFailure;
 
 /// Sweeps per `idle_timeout`: an idle connection is closed after between 1 and 1.25
 /// idle timeouts.
@@ -77,6 +81,9 @@ pub enum UpstreamError {
     Connect(io::Error),
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// The TLS handshake with an `https://` backend failed (nothing was sent).
+    #[error("{0}")]
+    Tls(TlsFailure),
     #[error(transparent)]
     Http(hyper::Error),
 }
@@ -89,6 +96,33 @@ fn copy_empty(req: &Request<ClientBody>) -> Request<ClientBody> {
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
     copy
+}
+
+/// Opens a connection to `backend`: TCP (TCP_NODELAY), then TLS for an `https://` one,
+/// the two together bounded by `timeout`. Health checks connect the same way.
+pub async fn connect(backend: &Backend, timeout: Duration) -> Result<BackendStream, UpstreamError> {
+    let attempt = async {
+        let stream = TcpStream::connect(backend.authority.as_str())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(backend = %backend.address, error = %e, "set TCP_NODELAY failed");
+        }
+        match &backend.tls {
+            None => Ok(BackendStream::Plain(stream)),
+            Some(tls) => match tls.handshake(stream).await {
+                Ok(stream) => Ok(BackendStream::Tls(Box::new(stream))),
+                Err(failure) => {
+                    tracing::debug!(backend = %backend.address, reason = failure.reason, "backend TLS handshake failed");
+                    Err(UpstreamError::Tls(failure))
+                }
+            },
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(UpstreamError::ConnectTimeout(timeout)),
+    }
 }
 
 /// The connection closed before any of the answer came.
@@ -160,24 +194,16 @@ impl Upstreams {
         }
     }
 
-    /// Opens a socket to `backend` (TCP_NODELAY, bounded by `connect_timeout`).
-    pub async fn connect_tcp(&self, backend: &Backend) -> Result<TcpStream, UpstreamError> {
-        let connect = TcpStream::connect(backend.address.as_str());
-        let stream = match tokio::time::timeout(self.config.connect_timeout, connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
-            Err(_) => return Err(UpstreamError::ConnectTimeout(self.config.connect_timeout)),
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(backend = %backend.address, error = %e, "set TCP_NODELAY failed");
-        }
-        Ok(stream)
+    /// Opens a connection to `backend` (TCP_NODELAY, and TLS for an `https://` one),
+    /// bounded by `connect_timeout`.
+    pub async fn connect_raw(&self, backend: &Backend) -> Result<BackendStream, UpstreamError> {
+        connect(backend, self.config.connect_timeout).await
     }
 
-    /// An idle socket to `backend` that is still open, if there is one.
-    pub fn take_raw(&self, backend: &Backend) -> Option<TcpStream> {
+    /// An idle connection to `backend` that is still open, if there is one.
+    pub fn take_raw(&self, backend: &Backend) -> Option<BackendStream> {
         while let Some(idle) = backend.idle.raw.pop() {
-            if open(&idle.conn) {
+            if idle.conn.is_open() {
                 return Some(idle.conn);
             }
         }
@@ -186,7 +212,7 @@ impl Upstreams {
 
     /// Takes back a socket whose response was read to its end and that the backend
     /// keeps open, unless the backend already has `max_idle_per_backend` idle ones.
-    pub fn put_back_raw(&self, backend: &Backend, stream: TcpStream) {
+    pub fn put_back_raw(&self, backend: &Backend, stream: BackendStream) {
         if backend.idle.len() < self.config.max_idle_per_backend {
             let sweep = self.sweeps.load(Ordering::Relaxed);
             backend.idle.raw.push(Idle {
@@ -198,10 +224,20 @@ impl Upstreams {
 
     /// Opens a connection to `backend` and starts the task that drives it.
     async fn connect(&self, backend: &Backend) -> Result<Sender, UpstreamError> {
-        let stream = self.connect_tcp(backend).await?;
+        match self.connect_raw(backend).await? {
+            BackendStream::Plain(stream) => self.drive(backend, stream).await,
+            BackendStream::Tls(stream) => self.drive(backend, stream).await,
+        }
+    }
+
+    /// Hyper's handshake over `io`, and the task that drives the connection.
+    async fn drive<I>(&self, backend: &Backend, io: I) -> Result<Sender, UpstreamError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let (sender, conn) = self
             .builder
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(UpstreamError::Http)?;
         let address = backend.address.clone();

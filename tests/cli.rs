@@ -87,6 +87,34 @@ fn check_on_each_kind_of_bad_config_exits_non_zero_naming_the_key() {
             "pools.green.backends[0]",
         ),
         (
+            "https backend with a bad host",
+            GOOD.replace("\"127.0.0.1:9002\"", "\"https://bad_host!:8443\""),
+            "pools.green.backends[0]: \"https://bad_host!:8443\" is not an https://host:port",
+        ),
+        (
+            "missing ca file",
+            GOOD.replace("\"127.0.0.1:9002\"", "\"https://127.0.0.1:9002\"")
+                + "[pools.green.tls]\nca = \"/nonexistent/backend-ca.pem\"\n",
+            "pools.green.tls.ca: cannot read /nonexistent/backend-ca.pem",
+        ),
+        (
+            "a device as the ca file",
+            GOOD.replace("\"127.0.0.1:9002\"", "\"https://127.0.0.1:9002\"")
+                + "[pools.green.tls]\nca = \"/dev/zero\"\n",
+            "pools.green.tls.ca: /dev/zero is not a regular file",
+        ),
+        (
+            "client cert without key",
+            GOOD.replace("\"127.0.0.1:9002\"", "\"https://127.0.0.1:9002\"")
+                + "[pools.green.tls]\ncert = \"/etc/cutover/client.crt\"\n",
+            "pools.green.tls.cert: needs key",
+        ),
+        (
+            "a tls table on a pool with no https backend",
+            format!("{GOOD}[pools.green.tls]\nserver_name = \"api.internal\"\n"),
+            "pools.green.tls: applies to https:// backends",
+        ),
+        (
             "bad duration",
             format!("{GOOD}\n[upstream]\nresponse_timeout = \"30 parsecs\"\n"),
             "upstream.response_timeout",

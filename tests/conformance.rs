@@ -4,7 +4,7 @@
 //! after a chunked upload), h2c with prior knowledge (where the case can be said in
 //! HTTP/2), and the same three over TLS (HTTP/1.1 without ALPN, HTTP/2 by ALPN `h2`).
 //! Every path must give the row's verdict, or the row must document why it differs
-//! there.
+//! there; and the same again with the backend behind TLS (`https://`).
 //!
 //! A row is data: the bytes the client writes, the bytes the backend answers with, what
 //! the client must get and what the backend must have received. One runner does the
@@ -149,6 +149,15 @@ impl Target {
             }
         }
     }
+}
+
+/// How the proxy reaches the row's backend: every row holds on both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upstream {
+    /// `host:port`: plain TCP.
+    Plain,
+    /// `https://host:port`, verified against a CA made for the run.
+    Tls,
 }
 
 /// What a row is about, for running a group of rows on its own.
@@ -1268,34 +1277,64 @@ fn expectation(case: &Case, path: Path) -> Expect {
 }
 
 /// Runs `case` on `path` against a fresh backend and proxy started with `extra`.
-async fn run(case: &'static Case, path: Path, extra: &'static str) -> Verdict {
+async fn run(case: &'static Case, path: Path, extra: &'static str, upstream: Upstream) -> Verdict {
     if let (Path::H2, H2::NotApplicable(why)) = (path.plain(), case.h2) {
         return Verdict::NotApplicable(why);
     }
-    let backend = RawBackend::start().await;
     let other = RawBackend::start().await;
-    if !path.tls() {
-        let proxy = Proxy::start(&[backend.addr], &[other.addr], extra).await;
-        let target = Target {
-            addr: proxy.addr,
-            tls: None,
-        };
-        return check(&target, &backend, case, path).await;
-    }
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = support::tls::TestCa::new("conformance CA");
-    let issued = ca.issue(dir.path(), "server", &["localhost"]);
-    let extra = format!(
-        "{extra}\n[listen.tls]\n{}",
-        support::tls::cert_keys(&issued)
-    );
-    let text = support::config_text(dir.path(), &[backend.addr], &[other.addr], &extra);
+    let (backend, mut text) = match upstream {
+        Upstream::Plain => {
+            let backend = RawBackend::start().await;
+            let text = support::config_text(dir.path(), &[backend.addr], &[other.addr], extra);
+            (backend, text)
+        }
+        Upstream::Tls => https_backend(dir.path(), &other, extra).await,
+    };
+    let mut tls = None;
+    if path.tls() {
+        let ca = support::tls::TestCa::new("conformance listener CA");
+        let issued = ca.issue(dir.path(), "server", &["localhost"]);
+        text.push_str(&format!(
+            "\n[listen.tls]\n{}",
+            support::tls::cert_keys(&issued)
+        ));
+        tls = Some(ca.client_config(&[]));
+    }
     let proxy = Proxy::from_text(dir, &text).await;
     let target = Target {
         addr: proxy.addr,
-        tls: Some(ca.client_config(&[])),
+        tls,
     };
     check(&target, &backend, case, path).await
+}
+
+/// A raw backend behind TLS with a certificate from a CA made here, and the config of a
+/// proxy whose blue pool is that backend as `https://`, trusting the CA.
+async fn https_backend(
+    dir: &std::path::Path,
+    green: &RawBackend,
+    extra: &str,
+) -> (RawBackend, String) {
+    let ca = support::tls::TestCa::new("conformance ca");
+    let ca_file = ca.write(dir, "ca");
+    let issued = ca.issue(dir, "backend", &["127.0.0.1"]);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            cutover::pem::certificates(&issued.cert).expect("cert"),
+            cutover::pem::private_key(&issued.key).expect("key"),
+        )
+        .expect("server config");
+    let backend = RawBackend::start_tls(tokio_rustls::TlsAcceptor::from(Arc::new(server))).await;
+    let plain = format!("\"{}\"", backend.addr);
+    let text = support::config_text(dir, &[backend.addr], &[green.addr], extra)
+        .replace(&plain, &format!("\"https://{}\"", backend.addr))
+        + &format!("\n[pools.blue.tls]\nca = \"{}\"\n", ca_file.display());
+    (backend, text)
 }
 
 /// Runs `case` on `path` through the proxy at `target`, whose live pool is `backend`.
@@ -1963,7 +2002,11 @@ fn compare_backend(
 }
 
 /// Runs every row in `cases` on every path, many at once; the verdicts in row order.
-async fn run_all(cases: &[&'static Case], extra: &'static str) -> Vec<[Verdict; PATHS.len()]> {
+async fn run_all(
+    cases: &[&'static Case],
+    extra: &'static str,
+    upstream: Upstream,
+) -> Vec<[Verdict; PATHS.len()]> {
     let limit = Arc::new(tokio::sync::Semaphore::new(48));
     let mut tasks = tokio::task::JoinSet::new();
     for (row, case) in cases.iter().enumerate() {
@@ -1972,7 +2015,7 @@ async fn run_all(cases: &[&'static Case], extra: &'static str) -> Vec<[Verdict; 
             let case: &'static Case = case;
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await.expect("semaphore");
-                (row, col, run(case, path, extra).await)
+                (row, col, run(case, path, extra, upstream).await)
             });
         }
     }
@@ -2066,7 +2109,15 @@ async fn every_case_gets_the_same_verdict_on_every_path() {
     }
     config_parses(config(EXTRA));
     let cases: Vec<&'static Case> = CASES.iter().collect();
-    let verdicts = run_all(&cases, config(EXTRA)).await;
+    let verdicts = run_all(&cases, config(EXTRA), Upstream::Plain).await;
+    report(&cases, &verdicts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_case_gets_the_same_verdict_on_every_path_to_an_https_backend() {
+    config_parses(config(EXTRA));
+    let cases: Vec<&'static Case> = CASES.iter().collect();
+    let verdicts = run_all(&cases, config(EXTRA), Upstream::Tls).await;
     report(&cases, &verdicts);
 }
 
@@ -2075,7 +2126,7 @@ async fn head_limits_answer_at_the_bound_and_one_byte_past_it_on_every_path() {
     config_parses(config(EXTRA));
     let cases: Vec<&'static Case> = CASES.iter().filter(|c| c.kind == Kind::Limit).collect();
     assert_eq!(cases.len(), 8, "four limits, at and past each");
-    let verdicts = run_all(&cases, config(EXTRA)).await;
+    let verdicts = run_all(&cases, config(EXTRA), Upstream::Plain).await;
     report(&cases, &verdicts);
 }
 
@@ -2085,8 +2136,8 @@ async fn x_forwarded_for_is_replaced_for_an_untrusted_peer_and_appended_for_a_tr
     config_parses(config(TRUSTING_LOOPBACK));
     static UNTRUSTED: Case = XFF_UNTRUSTED;
     static TRUSTED: Case = XFF_TRUSTED;
-    let mut verdicts = run_all(&[&UNTRUSTED], config(EXTRA)).await;
-    verdicts.extend(run_all(&[&TRUSTED], config(TRUSTING_LOOPBACK)).await);
+    let mut verdicts = run_all(&[&UNTRUSTED], config(EXTRA), Upstream::Plain).await;
+    verdicts.extend(run_all(&[&TRUSTED], config(TRUSTING_LOOPBACK), Upstream::Plain).await);
     report(&[&UNTRUSTED, &TRUSTED], &verdicts);
 }
 

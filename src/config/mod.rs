@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crate::color::Color;
 use crate::rules::Policy;
+use crate::upstream_tls::TlsClient;
 
+mod backend_tls;
 mod listeners;
 mod raw;
 mod validate;
@@ -136,7 +138,8 @@ impl Access {
 
 #[derive(Debug, Clone, Default)]
 pub struct PoolConfig {
-    /// `host:port` of each backend, in config order, without duplicates.
+    /// `host:port` (or `https://host:port`) of each backend, in config order, without
+    /// duplicates.
     pub backends: Vec<String>,
     /// Healthy, warm backends a switch to this pool needs; `None` = all of them.
     pub min_healthy: Option<usize>,
@@ -147,6 +150,9 @@ pub struct PoolConfig {
     /// Passive ejection: when a failing backend is taken out of rotation, and for how
     /// long.
     pub ejection: EjectionConfig,
+    /// `[pools.X.tls]`, built: how the pool's `https://` backends are verified and
+    /// what client certificate they get. `Some` whenever the pool has one.
+    pub tls: Option<TlsClient>,
 }
 
 /// Active HTTP health checks of a pool's backends.
@@ -192,8 +198,8 @@ impl Default for EjectionConfig {
 pub struct UpstreamConfig {
     /// The longest a backend may pause in the middle of a response body.
     pub read_timeout: Duration,
-    /// Time a TCP connect to a backend may take before the request gets a 502 (default
-    /// 2 s).
+    /// Time a connect to a backend may take before the request gets a 502 (default 2
+    /// s); for an `https://` backend, the TLS handshake included.
     pub connect_timeout: Duration,
     /// Time a backend has to send response headers before the client gets 504.
     pub response_timeout: Duration,

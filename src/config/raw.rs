@@ -191,6 +191,24 @@ pub(super) struct RawPool {
     /// `[pools.X.ejection]`: passive ejection, defaults when absent.
     #[serde(default)]
     pub(super) ejection: RawEjection,
+    /// `[pools.X.tls]`: how `https://` backends are verified; absent trusts the
+    /// system's roots and presents no client certificate.
+    pub(super) tls: Option<RawBackendTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackendTls {
+    /// PEM file of the CA certificates to verify backends against, instead of the
+    /// system's roots.
+    pub(super) ca: Option<PathBuf>,
+    /// PEM file of the client certificate chain presented to backends; needs `key`.
+    pub(super) cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key; needs `cert`.
+    pub(super) key: Option<PathBuf>,
+    /// The name backends' certificates are verified against (and sent as SNI),
+    /// instead of each backend's host.
+    pub(super) server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

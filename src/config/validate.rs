@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::backend_tls;
 use super::listeners;
 use super::raw::*;
 use super::*;
@@ -345,18 +346,15 @@ fn pools(raw: BTreeMap<String, RawPool>, problems: &mut Vec<Problem>) -> Option<
         let mut backends = Vec::with_capacity(pool.backends.len());
         for (i, text) in pool.backends.iter().enumerate() {
             let key = format!("pools.{name}.backends[{i}]");
-            let Some(addr) = backend_address(text) else {
-                problem(
-                    problems,
-                    &key,
-                    format!(
-                        "{:?} is not a host:port address; write e.g. \"10.0.0.5:8080\"",
-                        Excerpt(text)
-                    ),
-                );
-                continue;
+            let addr = match backend_tls::backend(text, backend_address) {
+                Ok(addr) => addr,
+                Err(message) => {
+                    problem(problems, &key, message);
+                    continue;
+                }
             };
-            if let Some(first) = seen.insert(addr.clone(), key.clone()) {
+            let endpoint = backend_tls::endpoint(&addr).to_owned();
+            if let Some(first) = seen.insert(endpoint, key.clone()) {
                 problem(
                     problems,
                     &key,
@@ -389,12 +387,14 @@ fn pools(raw: BTreeMap<String, RawPool>, problems: &mut Vec<Problem>) -> Option<
         );
         let health = pool.health.map(|h| health(h, &key, problems));
         let ejection = ejection(pool.ejection, &key, problems);
+        let tls = backend_tls::pool_tls(pool.tls, &backends, &key, problems);
         out[color.index()] = Some(PoolConfig {
             backends,
             min_healthy: pool.min_healthy,
             warmup,
             health,
             ejection,
+            tls,
         });
     }
     for color in Color::ALL {

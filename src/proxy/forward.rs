@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode, Version};
 use super::tunnel::spawn_tunnel;
 use super::{ProxyBody, X_CUTOVER_COLOR, local_response};
 use crate::color::Color;
-use crate::dispatch::{book_failure, retry_elsewhere};
+use crate::dispatch::{book_failure, connect_error, retry_elsewhere, upstream_error};
 use crate::drain::{CUT_CHECK, InFlight};
 use crate::error::ProxyError;
 use crate::headers::{self, ClientBody};
@@ -24,7 +24,9 @@ use crate::upstream::{SendFailure, UpstreamError};
 /// Sorts an upstream failure for `cutover_upstream_errors_total{kind}`.
 fn error_kind(e: &UpstreamError) -> ErrorKind {
     match e {
-        UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_) => ErrorKind::Connect,
+        UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_) | UpstreamError::Tls(_) => {
+            ErrorKind::Connect
+        }
         UpstreamError::Http(e) => http_error_kind(e),
     }
 }
@@ -193,21 +195,13 @@ impl Sent {
                     return client_failed(&mut in_flight, reject, err, peer);
                 } else if matches!(
                     e,
-                    UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_)
+                    UpstreamError::Connect(_)
+                        | UpstreamError::ConnectTimeout(_)
+                        | UpstreamError::Tls(_)
                 ) {
-                    let err = ProxyError::Connect {
-                        backend,
-                        color,
-                        cause,
-                    };
-                    (err, error_kind(&e))
+                    (connect_error(backend, color, &e, cause), error_kind(&e))
                 } else {
-                    let err = ProxyError::Upstream {
-                        backend,
-                        color,
-                        cause,
-                    };
-                    (err, error_kind(&e))
+                    (upstream_error(backend, color, &e, cause), error_kind(&e))
                 };
                 return failed(&mut in_flight, kind, err, peer);
             }

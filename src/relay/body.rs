@@ -8,9 +8,9 @@ use tokio::time::Instant;
 
 use bytes::Buf;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use super::{Conn, READ_SIZE};
+use crate::backend_stream::BackendStream;
 use crate::chunked::Chunked;
 use crate::client_io::ClientIo;
 use crate::deadline::Deadline;
@@ -20,7 +20,7 @@ use crate::rules::response::Framing;
 
 pub(super) async fn relay_body<C: ClientIo>(
     c: &mut Conn<C>,
-    upstream: &mut TcpStream,
+    upstream: &mut BackendStream,
     framing: Framing,
     in_flight: InFlight,
     read_timeout: Duration,

@@ -7,16 +7,16 @@ use std::sync::Arc;
 
 use bytes::Buf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::{relay_body, spare};
 use super::{Conn, Exchange, READ_SIZE};
 
+use crate::backend_stream::{BackendStream, WriteHalf};
 use crate::chunked::Chunked;
 use crate::client_io::ClientIo;
 use crate::deadline::Deadline;
-use crate::dispatch::{Proxy, book_failure, retry_elsewhere};
+use crate::dispatch::{Proxy, book_failure, connect_error, retry_elsewhere, upstream_error};
 use crate::drain::CUT_CHECK;
 use crate::error::ProxyError;
 use crate::h1;
@@ -74,7 +74,7 @@ pub(super) async fn exchange<C: ClientIo>(
     let (mut upstream, head) = loop {
         let (mut upstream, reused) = match upstreams.take_raw(&backend) {
             Some(stream) => (stream, true),
-            None => match upstreams.connect_tcp(&backend).await {
+            None => match upstreams.connect_raw(&backend).await {
                 Ok(stream) => (stream, false),
                 Err(e) if !moved && retry_elsewhere(&mut ex.in_flight, &e) => {
                     moved = true;
@@ -140,7 +140,7 @@ pub(super) async fn exchange<C: ClientIo>(
 async fn response_head<C: ClientIo>(
     c: &mut Conn<C>,
     proxy: &Proxy,
-    upstream: &mut TcpStream,
+    upstream: &mut BackendStream,
     ex: &Exchange,
     color: Option<&str>,
     deadline: &mut Deadline,
@@ -161,6 +161,8 @@ async fn response_head<C: ClientIo>(
     };
     // An interim answer came: the request is no longer unanswered (not retried).
     let mut heard = false;
+    // TLS holds what the socket has not taken yet: flushed once all of it is written.
+    let mut unflushed = upstream.needs_flush();
     let (mut from, mut to) = upstream.split();
     loop {
         if !c.up.is_empty() {
@@ -199,11 +201,14 @@ async fn response_head<C: ClientIo>(
                 .get(written.saturating_sub(c.out.len())..)
                 .unwrap_or_default(),
         };
+        let pending = written < total;
         tokio::select! {
             biased;
-            sent = to.write(unsent), if !unsent.is_empty() && written < total => match sent {
-                Ok(0) => return Err(Failure::Unanswered(io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
+            sent = write_or_flush(&mut to, unsent, pending),
+                if (pending && !unsent.is_empty()) || (unflushed && !pending) => match sent {
+                Ok(None) => unflushed = false,
+                Ok(Some(0)) => return Err(Failure::Unanswered(io::ErrorKind::WriteZero.into())),
+                Ok(Some(n)) => {
                     written += n;
                     if written == total {
                         // The response timer runs from when the request has been sent.
@@ -247,6 +252,20 @@ async fn response_head<C: ClientIo>(
     }
 }
 
+/// Writes some of `unsent` while the request is `pending`, and after it flushes (a TLS
+/// connection's last records): `Some(n)` bytes written, or `None` flushed.
+async fn write_or_flush(
+    to: &mut WriteHalf<'_>,
+    unsent: &[u8],
+    pending: bool,
+) -> io::Result<Option<usize>> {
+    if pending {
+        to.write(unsent).await.map(Some)
+    } else {
+        to.flush().await.map(|()| None)
+    }
+}
+
 /// Books a failed attempt (the backend's run of failures, the error counter, the log)
 /// and answers the client with the status that says why.
 async fn failed<C: ClientIo>(
@@ -262,14 +281,10 @@ async fn failed<C: ClientIo>(
     } = ex;
     let (backend, color) = (in_flight.backend().address.clone(), in_flight.color());
     let (kind, err) = match failure {
-        Failure::Connect(e) => (
-            ErrorKind::Connect,
-            ProxyError::Connect {
-                backend,
-                color,
-                cause: e.to_string(),
-            },
-        ),
+        Failure::Connect(e) => {
+            let cause = e.to_string();
+            (ErrorKind::Connect, connect_error(backend, color, &e, cause))
+        }
         Failure::Drained => {
             // Not the backend's fault: counted as closed by the drain, answered 503,
             // and the connection closed.
@@ -297,14 +312,10 @@ async fn failed<C: ClientIo>(
                 after: proxy.response_timeout,
             },
         ),
-        Failure::Unanswered(e) | Failure::Io(e) => (
-            ErrorKind::Reset,
-            ProxyError::Upstream {
-                backend,
-                color,
-                cause: e.to_string(),
-            },
-        ),
+        Failure::Unanswered(e) | Failure::Io(e) => {
+            let cause = e.to_string();
+            (ErrorKind::Reset, upstream_error(backend, color, &e, cause))
+        }
         Failure::Bad(e) => (
             ErrorKind::Protocol,
             ProxyError::Upstream {

@@ -7,6 +7,7 @@ pub mod clients;
 pub mod proxy;
 pub mod raw;
 pub mod tls;
+pub mod tls_backend;
 
 pub use backends::*;
 pub use clients::*;

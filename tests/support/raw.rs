@@ -61,9 +61,39 @@ impl RawBackend {
         };
         let state = backend.clone();
         tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((mut stream, _)) = listener.accept().await {
                 let conn = state.accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(state.clone().serve(stream, conn));
+                let state = state.clone();
+                tokio::spawn(async move { state.serve(&mut stream, conn).await });
+            }
+        });
+        backend
+    }
+
+    /// As [`start`](Self::start), with every connection behind TLS by `acceptor`; a
+    /// connection it is done with ends with a TLS close_notify, as a TLS server's does.
+    pub async fn start_tls(acceptor: tokio_rustls::TlsAcceptor) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw backend");
+        let backend = RawBackend {
+            addr: listener.local_addr().expect("raw backend addr"),
+            seen: Arc::default(),
+            response: Arc::new(Mutex::new(DEFAULT_RESPONSE.to_vec())),
+            accepted: Arc::default(),
+        };
+        let state = backend.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (state, acceptor) = (state.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let conn = state.accepted.fetch_add(1, Ordering::SeqCst);
+                    state.serve(&mut tls, conn).await;
+                    let _ = tls.shutdown().await;
+                });
             }
         });
         backend
@@ -84,7 +114,10 @@ impl RawBackend {
         self.accepted.load(Ordering::SeqCst)
     }
 
-    async fn serve(self, mut stream: TcpStream, conn: usize) {
+    async fn serve<S>(self, stream: &mut S, conn: usize)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 8192];
         loop {
