@@ -9,6 +9,7 @@
 //! The gate: a switch to a pool needs `min_healthy` (default: all) backends that are
 //! healthy, verified by `rise` checks, not ejected, and healthy for at least `warmup`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +18,9 @@ use http::{Request, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
+use crate::color::Color;
 use crate::config::HealthConfig;
 use crate::pool::{Backend, Pool};
 
@@ -48,15 +50,59 @@ pub struct GateBackend {
     pub reason: Option<String>,
 }
 
-/// Starts one checker per backend of each pool that has health checks.
-pub fn spawn_checkers(pools: &[Arc<Pool>], tasks: &mut JoinSet<()>) {
-    for pool in pools {
-        let Some(config) = &pool.config.health else {
-            continue;
-        };
-        for backend in &pool.backends {
-            tasks.spawn(check_loop(Arc::clone(backend), config.clone()));
+/// The running checkers, one per backend of each pool that has health checks, so a
+/// reload can start them for new backends, stop them for removed ones and restart them
+/// when a pool's `[health]` changes. A backend's state is in the shared [`Backend`], so
+/// a restarted checker keeps it.
+#[derive(Default)]
+pub struct Checkers {
+    /// The checker tasks; aborted on [`shutdown`](Checkers::shutdown).
+    tasks: JoinSet<()>,
+    /// Each running checker by (pool, address), with the settings it runs with: a
+    /// backend whose pool keeps the same settings keeps its checker.
+    running: HashMap<(Color, String), (AbortHandle, HealthConfig)>,
+}
+
+// === impl Checkers ===
+
+impl Checkers {
+    /// Makes the running checkers match `pools`: stops those of backends that are gone
+    /// (or whose pool no longer has checks), restarts those whose settings changed,
+    /// starts those of new backends.
+    pub fn sync(&mut self, pools: &[Arc<Pool>; 2]) {
+        let mut wanted = HashMap::new();
+        for color in Color::ALL {
+            let pool = &pools[color.index()];
+            let Some(config) = &pool.config.health else {
+                continue;
+            };
+            for backend in &pool.backends {
+                wanted.insert((color, backend.address.clone()), (backend, config));
+            }
         }
+        self.running.retain(|key, (task, config)| {
+            let keep = wanted.get(key).is_some_and(|(_, c)| *c == config);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (key, (backend, config)) in wanted {
+            if !self.running.contains_key(&key) {
+                let task = self
+                    .tasks
+                    .spawn(check_loop(Arc::clone(backend), config.clone()));
+                self.running.insert(key, (task, config.clone()));
+            }
+        }
+        // Reap the aborted ones so the set does not grow with every reload.
+        while self.tasks.try_join_next().is_some() {}
+    }
+
+    /// Stops every checker.
+    pub async fn shutdown(&mut self) {
+        self.running.clear();
+        self.tasks.shutdown().await;
     }
 }
 

@@ -1,7 +1,7 @@
 //! The client-facing accept loop. Each connection is served in its own task: by the
 //! [`relay`] while its requests are plain HTTP/1.1, by hyper-util's auto
 //! builder (HTTP/1.1, or HTTP/2 with prior knowledge) with every request handed to
-//! [`Proxy::forward`] from the first one that is not. One bad connection never ends
+//! [`Proxy::forward`](crate::dispatch::Proxy::forward) from the first one that is not. One bad connection never ends
 //! the loop; on shutdown the loop stops accepting and every open connection is asked to
 //! finish gracefully (HTTP/1 closes after its current response, HTTP/2 sends GOAWAY).
 
@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::ListenConfig;
-use crate::connections::{Connections, Timeouts, Watch};
-use crate::dispatch::{Peer, Proxy};
+use crate::connections::{Connections, Watch};
+use crate::dispatch::Peer;
 use crate::relay;
 use crate::rules::Limits;
+use crate::settings::{self, Settings};
 
 /// How often an HTTP/2 connection is pinged, and how long its answer may take.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -80,9 +81,7 @@ pub fn default_max_connections() -> usize {
 /// admin socket need.
 pub async fn serve(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    timeouts: Timeouts,
+    settings: settings::Current,
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Connections {
@@ -107,6 +106,14 @@ pub async fn serve(
                 }
             },
         };
+        // One load per connection: it is served with the settings in force now, and
+        // keeps them until it closes.
+        let current = settings.load_full();
+        let Settings {
+            proxy,
+            builder,
+            timeouts,
+        } = &*current;
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             // Closed at once: the client sees its connection end, the process keeps
             // its descriptors.
@@ -127,9 +134,9 @@ pub async fn serve(
         let conn = relay::serve(
             stream,
             Peer::new(peer, &proxy.policy),
-            Arc::clone(&proxy),
-            Arc::clone(&builder),
-            timeouts,
+            Arc::clone(proxy),
+            Arc::clone(builder),
+            *timeouts,
             Watch::new(tx.subscribe(), stop.clone(), slot),
         );
         tokio::spawn(conn.instrument(tracing::debug_span!("conn", peer = %peer)));

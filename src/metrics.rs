@@ -102,6 +102,8 @@ pub struct Telemetry {
     pub access_log: Option<AccessLog>,
     /// `cutover_access_log_dropped_total`: lines dropped because the writer was behind.
     access_dropped: Counter,
+    /// `cutover_config_reloads_total` by result: ok, then error.
+    reloads: [Counter; 2],
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
@@ -150,6 +152,8 @@ impl Telemetry {
         let connections_refused = counter("cutover_connections_refused_total", &[]);
         let refused =
             REASONS.map(|reason| counter("cutover_requests_refused_total", &[("reason", reason)]));
+        let reloads = ["ok", "error"]
+            .map(|result| counter("cutover_config_reloads_total", &[("result", result)]));
         let handle = recorder.handle();
         Telemetry {
             enabled,
@@ -164,6 +168,7 @@ impl Telemetry {
             stats: Stats::default(),
             access_log,
             access_dropped,
+            reloads,
         }
     }
 
@@ -209,6 +214,11 @@ impl Telemetry {
 
     pub fn switched(&self, rollback: bool, forced: bool) {
         self.switches[usize::from(rollback)][usize::from(forced)].increment(1);
+    }
+
+    /// A config reload that applied (`ok`) or changed nothing (`!ok`).
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].increment(1);
     }
 
     pub fn access_dropped(&self) {
@@ -297,7 +307,13 @@ impl DurationHistogram {
 }
 
 fn describe(r: &PrometheusRecorder) {
-    let help: [(&str, Option<Unit>, &str, bool); 15] = [
+    let help: [(&str, Option<Unit>, &str, bool); 16] = [
+        (
+            "cutover_config_reloads_total",
+            None,
+            "Config reloads (file change, SIGHUP, POST /reload), by result: ok applied the file, error changed nothing.",
+            true,
+        ),
         (
             "cutover_requests_closed_by_drain_total",
             None,

@@ -16,13 +16,12 @@ use crate::access_log::AccessLog;
 use crate::admin::{self, Admin};
 use crate::color::Color;
 use crate::config::Config;
-use crate::connections::Timeouts;
 use crate::drain::Tracker;
-use crate::health;
 use crate::listener;
 use crate::metrics::Telemetry;
 use crate::pool::Pool;
-use crate::proxy::Proxy;
+use crate::reload::{FileWatch, Reloader};
+use crate::settings::{self, Settings};
 use crate::snapshot::Snapshot;
 use crate::switchboard::{self, StateReport, Switchboard};
 use crate::upstream::Upstreams;
@@ -35,14 +34,14 @@ pub struct Server {
     admin_listener: UnixListener,
     /// Where the admin socket is: logged at start, removed when the server stops.
     admin_path: PathBuf,
-    /// The data path's shared context, handed to every client connection.
-    proxy: Arc<Proxy>,
+    /// What each client connection is served with (the data path's context, hyper's
+    /// builder, the timeouts); loaded per connection, replaced by a reload.
+    settings: settings::Current,
     /// The admin API, served on the admin socket and on the metrics listener.
     admin: Arc<Admin>,
-    /// Connection settings for client connections (HTTP/1 + h2c).
-    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
-    /// How long a client connection may take over a head, a body, or sitting idle.
-    timeouts: Timeouts,
+    /// Applies config files (file watch, SIGHUP, `POST /reload`); owns the health
+    /// checkers.
+    reloader: Arc<Reloader>,
     /// Open client connections at most (`limits.max_connections`, or derived from the
     /// file descriptor limit).
     max_connections: usize,
@@ -50,10 +49,10 @@ pub struct Server {
     grace: Duration,
     /// For closing tunnels at the drain deadline on shutdown.
     tracker: Arc<Tracker>,
-    /// Both pools, for starting their health checkers.
-    pools: [Arc<Pool>; 2],
     /// `metrics.listen`: a TCP endpoint for Prometheus scrapes.
     metrics_listener: Option<TcpListener>,
+    /// The watch on the config file, when there is one (and it could be set up).
+    file_watch: Option<FileWatch>,
 }
 
 /// Why the server could not start.
@@ -80,6 +79,12 @@ impl Server {
     /// Restores state, builds the snapshot and binds both listeners. Nothing is served
     /// until [`run`](Server::run).
     pub async fn bind(config: Config) -> Result<Server, StartError> {
+        Server::bind_file(config, None).await
+    }
+
+    /// As [`bind`](Server::bind), for a config read from `file`: reloads (the file
+    /// watcher, SIGHUP, `POST /reload`) read that file again.
+    pub async fn bind_file(config: Config, file: Option<PathBuf>) -> Result<Server, StartError> {
         let (state, report) = initial_state(&config);
         let pool = |color: Color| {
             Pool::build(&config.pools[color.index()], &[])
@@ -95,7 +100,6 @@ impl Server {
             previous: state.previous,
             pools: [pool(Color::Blue)?, pool(Color::Green)?],
         };
-        let pools = snapshot.pools.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let upstreams = Arc::new(Upstreams::new(&config.upstream, Arc::clone(&snapshot)));
         let access_log = match &config.access_log {
@@ -104,30 +108,35 @@ impl Server {
         };
         let telemetry = Arc::new(Telemetry::new(config.metrics.enabled, access_log));
         let tracker = Arc::new(Tracker::new(config.drain_timeout, upstreams, telemetry));
-        let timeouts = Timeouts {
-            header: config.listen.header_timeout,
-            idle: config.listen.idle_timeout,
-            body: config.listen.body_timeout,
-            write: config.listen.write_timeout,
-        };
-        let proxy = Arc::new(Proxy::new(
+        let settings = Arc::new(ArcSwap::from_pointee(Settings::build(
+            &config,
             Arc::clone(&snapshot),
             Arc::clone(&tracker),
-            &config.upstream,
-            config.color_header,
-            config.policy.clone(),
-            timeouts,
-        ));
+        )));
         let switchboard = Arc::new(Switchboard::new(
             snapshot,
             Arc::clone(&tracker),
             config.state_file.clone(),
             report,
         ));
+        let file_watch = file.as_deref().and_then(|file| {
+            FileWatch::start(file)
+                .map_err(|e| tracing::error!(file = %file.display(), error = %e, "cannot watch the config file; reload with SIGHUP or `cutover ctl reload`"))
+                .ok()
+        });
+        let access = Arc::new(ArcSwap::from_pointee(config.admin.access.clone()));
+        let reloader = Arc::new(Reloader::new(
+            file,
+            config.clone(),
+            Arc::clone(&switchboard),
+            Arc::clone(&settings),
+            Arc::clone(&access),
+        ));
         let admin = Arc::new(Admin {
             switchboard,
             tracker: Arc::clone(&tracker),
-            access: config.admin.access.clone(),
+            access,
+            reloader: Arc::clone(&reloader),
         });
 
         let proxy_listener = listener::bind(config.listen.address, config.listen.backlog)
@@ -149,21 +158,17 @@ impl Server {
             proxy_listener,
             admin_listener,
             admin_path: config.admin.socket.clone(),
-            proxy,
+            settings,
             admin,
-            builder: Arc::new(listener::connection_builder(
-                &config.listen,
-                &config.policy.limits,
-            )),
-            timeouts,
+            reloader,
             max_connections: config
                 .listen
                 .max_connections
                 .unwrap_or_else(listener::default_max_connections),
             grace: config.shutdown_grace,
             tracker,
-            pools,
             metrics_listener,
+            file_watch,
         })
     }
 
@@ -183,6 +188,12 @@ impl Server {
         &self.admin_path
     }
 
+    /// What applies config files to this server: `main` sends SIGHUP to it and may add
+    /// hooks around each reload (process notification).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        Arc::clone(&self.reloader)
+    }
+
     /// Serves until `shutdown` resolves; then stops accepting, gives in-flight requests
     /// up to the grace period, and removes the admin socket.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
@@ -194,10 +205,13 @@ impl Server {
                 let _ = admin_stopped.await;
             },
         ));
-        // Health checkers, the idle connection sweep and the TCP metrics endpoint;
-        // ended on shutdown.
+        // Health checkers, the config watcher, the idle connection sweep and the TCP
+        // metrics endpoint; ended on shutdown.
+        self.reloader.start_checkers().await;
         let mut background = tokio::task::JoinSet::new();
-        health::spawn_checkers(&self.pools, &mut background);
+        if let Some(watch) = self.file_watch {
+            background.spawn(watch.run(Arc::clone(&self.reloader)));
+        }
         background.spawn(Arc::clone(self.tracker.upstreams()).sweep());
         if let Some(listener) = self.metrics_listener {
             background.spawn(admin::serve_metrics(listener, Arc::clone(&self.admin)));
@@ -207,9 +221,7 @@ impl Server {
 
         let connections = listener::serve(
             self.proxy_listener,
-            self.proxy,
-            self.builder,
-            self.timeouts,
+            Arc::clone(&self.settings),
             self.max_connections,
             shutdown,
         )
@@ -243,6 +255,7 @@ impl Server {
             self.tracker.close_all_tunnels();
         }
         background.shutdown().await;
+        self.reloader.stop_checkers().await;
         let _ = stop_admin.send(());
         if let Ok(admin_connections) = admin_task.await {
             let _ =
