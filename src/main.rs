@@ -165,7 +165,15 @@ async fn run(config: Option<Config>, file: Option<PathBuf>) -> anyhow::Result<()
     let server = Server::bind_file(config, file).await?;
     // Every reload, whatever its trigger, runs `Reloader::reload`: process-level
     // notification (systemd RELOADING=1 / READY=1) is a `ReloadHook` added here.
-    tokio::spawn(reload_on_hangup(server.reloader()));
+    // Installed before anything is served, so a SIGHUP never meets the default action.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangup) => {
+            tokio::spawn(reload_on_hangup(hangup, server.reloader()));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; reload with `cutover ctl reload`")
+        }
+    }
     if demo {
         let addr = server.proxy_addr()?;
         let sock = server.admin_socket().display().to_string();
@@ -183,12 +191,10 @@ async fn run(config: Option<Config>, file: Option<PathBuf>) -> anyhow::Result<()
 }
 
 /// Reloads the config file on each SIGHUP (instead of the default: exit).
-async fn reload_on_hangup(reloader: std::sync::Arc<Reloader>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; reload with `cutover ctl reload`");
-        return;
-    };
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    reloader: std::sync::Arc<Reloader>,
+) {
     while hangup.recv().await.is_some() {
         tracing::info!("SIGHUP received; reloading the config");
         // The outcome is logged, counted and shown on /status by the reload itself.

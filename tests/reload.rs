@@ -407,3 +407,69 @@ async fn cutover_ctl_reload_reloads_and_reports_and_fails_on_a_bad_file() {
     );
     assert!(addresses(&proxy.status().await, "blue").contains(&b2.addr.to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_running_binary() {
+    let (b1, b2, green) = (
+        TestBackend::start("b1").await,
+        TestBackend::start("b2").await,
+        backend("green").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let text = |blue: &[SocketAddr]| {
+        config_text(dir.path(), blue, &[green], "").replace("127.0.0.1:0", &addr.to_string())
+    };
+    // The file the process reads is a symlink into another directory, which its
+    // watcher does not see: only the signal can make it read the edit.
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).expect("mkdir");
+    std::fs::write(real.join("cutover.toml"), text(&[b1.addr])).expect("write config");
+    let config = dir.path().join("cutover.toml");
+    std::os::unix::fs::symlink(real.join("cutover.toml"), &config).expect("symlink");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start cutover");
+    let socket = dir.path().join("admin.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() || !socket.exists() {
+        assert!(Instant::now() < deadline, "cutover did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    write_in_place(&real.join("cutover.toml"), &text(&[b1.addr, b2.addr]));
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let (_, status) = admin(&socket, Method::GET, "/status", "").await;
+        if !status["last_reload"].is_null() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reload after SIGHUP: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["last_reload"]["trigger"], "signal", "{status}");
+    assert_eq!(status["last_reload"]["result"], "ok", "{status}");
+    assert_eq!(
+        addresses(&status, "blue"),
+        [b1.addr.to_string(), b2.addr.to_string()]
+    );
+    // Still running: SIGHUP no longer ends the process.
+    assert!(child.try_wait().expect("try_wait").is_none());
+    assert_eq!(get(addr, "/").await.status, StatusCode::OK);
+    let _ = child.kill();
+    let _ = child.wait();
+}
