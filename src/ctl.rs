@@ -108,9 +108,9 @@ pub fn render_status(s: &Status) -> String {
         let message = r.message.lines().collect::<Vec<_>>().join(" ");
         let _ = writeln!(
             out,
-            "last reload: {} ({:?}) {}: {message}",
+            "last reload: {} ({}) {}: {message}",
             r.time,
-            r.trigger,
+            r.trigger.as_str(),
             if r.result == Outcome::Ok {
                 "ok"
             } else {

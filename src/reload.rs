@@ -52,6 +52,17 @@ pub enum Trigger {
     Admin,
 }
 
+impl Trigger {
+    /// Its name as the JSON writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::File => "file",
+            Trigger::Signal => "signal",
+            Trigger::Admin => "admin",
+        }
+    }
+}
+
 /// Whether a reload applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -241,7 +252,7 @@ impl Reloader {
         if ok {
             let pools: Vec<String> = report.pools.iter().map(PoolChange::summary).collect();
             tracing::info!(
-                trigger = ?report.trigger,
+                trigger = report.trigger.as_str(),
                 pools = %pools.join("; "),
                 restart_needed = %report.restart_needed.join(", "),
                 "config reloaded"
@@ -254,7 +265,7 @@ impl Reloader {
                 );
             }
         } else {
-            tracing::error!(trigger = ?report.trigger, error = %report.message, "config reload failed; the running config is unchanged");
+            tracing::error!(trigger = report.trigger.as_str(), error = %report.message, "config reload failed; the running config is unchanged");
         }
         self.settings.load().proxy.tracker.telemetry().reloaded(ok);
         if let Ok(mut last) = self.last.lock() {

@@ -358,13 +358,18 @@ async fn a_reload_does_not_reset_the_live_colour() {
 
 /// `cutover ctl --socket SOCKET reload`, the real binary, bounded in time.
 async fn ctl_reload(socket: &Path) -> std::process::Output {
+    ctl(socket, "reload").await
+}
+
+/// `cutover ctl --socket SOCKET COMMAND`, the real binary, bounded in time.
+async fn ctl(socket: &Path, command: &'static str) -> std::process::Output {
     let socket = socket.to_owned();
     let run = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
             .arg("ctl")
             .arg("--socket")
             .arg(&socket)
-            .arg("reload")
+            .arg(command)
             .output()
     });
     tokio::time::timeout(Duration::from_secs(10), run)
