@@ -8,6 +8,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -22,6 +23,7 @@ use crate::color::Color;
 use crate::config::Access;
 use crate::drain::Tracker;
 use crate::error::{AdminError, SwitchError};
+use crate::reload::{ReloadReport, Reloader, Trigger};
 use crate::snapshot::Snapshot;
 use crate::stats::Window;
 use crate::switchboard::{Caller, StateReport, SwitchRequest, Switchboard};
@@ -34,8 +36,12 @@ pub struct Admin {
     /// The per-colour counts and drains for `/status` and `wait`, and the telemetry
     /// `/metrics` renders.
     pub tracker: Arc<Tracker>,
-    /// Who may read and who may change routing (`[admin.read]`, `[admin.control]`).
-    pub access: Access,
+    /// Who may read and who may change routing (`[admin.read]`, `[admin.control]`);
+    /// replaced by a reload.
+    pub access: Arc<ArcSwap<Access>>,
+    /// Applies the config file again, for `POST /reload`; its last result is on
+    /// `/status`.
+    pub reloader: Arc<Reloader>,
 }
 
 /// Largest request body the admin API reads.
@@ -82,6 +88,10 @@ pub struct Status {
     pub pools: Pools,
     /// What happened to the state file at start-up.
     pub state: StateView,
+    /// The last config reload (time, trigger, ok or error, message); `None` before
+    /// the first.
+    #[serde(default)]
+    pub last_reload: Option<ReloadReport>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -222,7 +232,7 @@ impl Admin {
     ) -> Result<Response<Full<Bytes>>, AdminError> {
         let allow = match path {
             "/status" | "/metrics" => "GET",
-            "/switch" | "/rollback" => "POST",
+            "/switch" | "/rollback" | "/reload" => "POST",
             other => return Err(AdminError::NotFound(other.to_owned())),
         };
         if method.as_str() != allow && !(allow == "GET" && method == Method::HEAD) {
@@ -233,7 +243,7 @@ impl Admin {
             });
         }
         let control = allow == "POST";
-        if !self.access.admits(control, caller.uid, caller.gid) {
+        if !self.access.load().admits(control, caller.uid, caller.gid) {
             let level = if control { "control" } else { "read" };
             tracing::warn!(uid = caller.uid, gid = caller.gid, %path, level, "admin request forbidden");
             return Err(AdminError::Forbidden {
@@ -246,6 +256,11 @@ impl Admin {
         match path {
             "/status" => Ok(json(StatusCode::OK, &self.status(None))),
             "/metrics" => Ok(self.metrics()),
+            "/reload" => {
+                tracing::info!(target: "cutover::audit", action = "reload", uid = caller.uid, "config reload requested");
+                let report = self.reloader.reload(Trigger::Admin).await?;
+                Ok(json(StatusCode::OK, &report))
+            }
             "/switch" => {
                 let body: SwitchBody = parse_json(body.await?)?.ok_or_else(|| {
                     AdminError::BadRequest(
@@ -321,6 +336,7 @@ impl Admin {
                 restored: report.restored,
                 error: report.error.clone(),
             },
+            last_reload: self.reloader.last(),
         }
     }
 

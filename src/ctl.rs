@@ -13,6 +13,7 @@ use tokio::net::UnixStream;
 use crate::admin::{PoolStatus, Status};
 use crate::color::Color;
 use crate::health::GateReport;
+use crate::reload::{Outcome, ReloadReport};
 
 /// Why a `ctl` command failed; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,20 @@ pub fn render_status(s: &Status) -> String {
     if let Some(err) = &s.state.error {
         let _ = writeln!(out, "state file problem: {err}");
     }
+    if let Some(r) = &s.last_reload {
+        let message = r.message.lines().collect::<Vec<_>>().join(" ");
+        let _ = writeln!(
+            out,
+            "last reload: {} ({}) {}: {message}",
+            r.time,
+            r.trigger.as_str(),
+            if r.result == Outcome::Ok {
+                "ok"
+            } else {
+                "error"
+            },
+        );
+    }
     let _ = writeln!(
         out,
         "{:<6} {:<8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>9} {:>7}",
@@ -135,6 +150,18 @@ pub fn render_status(s: &Status) -> String {
         render_backends(&mut out, color, s.pools.of(color));
     }
     out
+}
+
+/// The answer to `POST /reload`: the result, what changed per pool, and the keys that
+/// need a restart.
+pub fn render_reload(bytes: &[u8]) -> Result<String, CtlError> {
+    let report: ReloadReport =
+        serde_json::from_slice(bytes).map_err(|e| CtlError::Decode(e.to_string()))?;
+    let mut out = format!("reload: {}", report.message);
+    for change in &report.pools {
+        let _ = write!(out, "\n  {}", change.summary());
+    }
+    Ok(out)
 }
 
 fn render_backends(out: &mut String, color: Color, pool: &PoolStatus) {

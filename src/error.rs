@@ -147,7 +147,9 @@ pub enum SwitchError {
 pub enum AdminError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("no such endpoint {0}; try GET /status, POST /switch, POST /rollback, GET /metrics")]
+    #[error(
+        "no such endpoint {0}; try GET /status, POST /switch, POST /rollback, POST /reload, GET /metrics"
+    )]
     NotFound(String),
     #[error(
         "uid {uid} may not {level} here; ask for it to be added to [admin.{level}] uids (or its group to gids)"
@@ -166,6 +168,8 @@ pub enum AdminError {
     TooLarge(usize),
     #[error(transparent)]
     Switch(#[from] SwitchError),
+    #[error(transparent)]
+    Reload(#[from] ReloadError),
 }
 
 impl AdminError {
@@ -178,6 +182,36 @@ impl AdminError {
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::Switch(SwitchError::Persist { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             AdminError::Switch(_) => StatusCode::CONFLICT,
+            AdminError::Reload(ReloadError::NoFile) => StatusCode::CONFLICT,
+            // The request was fine; the file it asked to apply is not.
+            AdminError::Reload(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(
+        "nothing to reload: this process runs the embedded demo, which has no config file; \
+         start it with `cutover run --config FILE`"
+    )]
+    NoFile,
+    #[error("the reload did not finish ({0}); the running config is unchanged")]
+    Task(String),
+    #[error("{0}\nthe running config is unchanged")]
+    Config(#[from] crate::config::ConfigError),
+    #[error(
+        "pools.{color}.backends: {address} is not a usable backend address ({source}); \
+         the running config is unchanged"
+    )]
+    Backend {
+        /// The pool the address is in.
+        color: Color,
+        /// The pool's configured backends, comma-separated.
+        address: String,
+        /// Why one of them is not a valid URI authority, or its TLS settings are not
+        /// usable.
+        source: Box<crate::pool::PoolError>,
+    },
 }

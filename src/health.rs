@@ -10,6 +10,7 @@
 //! The gate: a switch to a pool needs `min_healthy` (default: all) backends that are
 //! healthy, verified by `rise` checks, not ejected, and healthy for at least `warmup`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +20,9 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
+use crate::color::Color;
 use crate::config::HealthConfig;
 use crate::pool::{Backend, Pool};
 use crate::upstream::UpstreamError;
@@ -51,8 +53,9 @@ pub struct GateBackend {
     pub reason: Option<String>,
 }
 
-/// The first probe of every checker: start-up is complete when each backend has been
-/// checked once, so the first traffic goes only to backends known to be up.
+/// The first probe of the checkers one [`Checkers::sync`] started: start-up is complete
+/// when each backend has been checked once, so the first traffic goes only to backends
+/// known to be up.
 pub struct FirstRound {
     /// A permit per checker that has finished its first probe.
     done: Arc<Semaphore>,
@@ -60,29 +63,6 @@ pub struct FirstRound {
     checkers: u32,
     /// The longest health timeout: no first probe takes longer (each is bounded by it).
     bound: Duration,
-}
-
-/// Starts one checker per backend of each pool that has health checks; the returned
-/// [`FirstRound`] resolves when each has probed once.
-pub fn spawn_checkers(pools: &[Arc<Pool>], tasks: &mut JoinSet<()>) -> FirstRound {
-    let done = Arc::new(Semaphore::new(0));
-    let (mut checkers, mut bound) = (0u32, Duration::ZERO);
-    for pool in pools {
-        let Some(config) = &pool.config.health else {
-            continue;
-        };
-        for backend in &pool.backends {
-            let first = Arc::clone(&done);
-            tasks.spawn(check_loop(Arc::clone(backend), config.clone(), first));
-            checkers += 1;
-            bound = bound.max(config.timeout);
-        }
-    }
-    FirstRound {
-        done,
-        checkers,
-        bound,
-    }
 }
 
 // === impl FirstRound ===
@@ -104,6 +84,73 @@ impl FirstRound {
                 "the first health round did not finish in time"
             );
         }
+    }
+}
+
+/// The running checkers, one per backend of each pool that has health checks, so a
+/// reload can start them for new backends, stop them for removed ones and restart them
+/// when a pool's `[health]` changes. A backend's state is in the shared [`Backend`], so
+/// a restarted checker keeps it.
+#[derive(Default)]
+pub struct Checkers {
+    /// The checker tasks; aborted on [`shutdown`](Checkers::shutdown).
+    tasks: JoinSet<()>,
+    /// Each running checker by (pool, address), with the settings it runs with: a
+    /// backend whose pool keeps the same settings keeps its checker.
+    running: HashMap<(Color, String), (AbortHandle, HealthConfig)>,
+}
+
+// === impl Checkers ===
+
+impl Checkers {
+    /// Makes the running checkers match `pools`: stops those of backends that are gone
+    /// (or whose pool no longer has checks), restarts those whose settings changed,
+    /// starts those of new backends. The returned [`FirstRound`] resolves when each
+    /// checker started here has probed once.
+    pub fn sync(&mut self, pools: &[Arc<Pool>; 2]) -> FirstRound {
+        let mut wanted = HashMap::new();
+        for color in Color::ALL {
+            let pool = &pools[color.index()];
+            let Some(config) = &pool.config.health else {
+                continue;
+            };
+            for backend in &pool.backends {
+                wanted.insert((color, backend.address.clone()), (backend, config));
+            }
+        }
+        self.running.retain(|key, (task, config)| {
+            let keep = wanted.get(key).is_some_and(|(_, c)| *c == config);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        let done = Arc::new(Semaphore::new(0));
+        let (mut checkers, mut bound) = (0u32, Duration::ZERO);
+        for (key, (backend, config)) in wanted {
+            if !self.running.contains_key(&key) {
+                let first = Arc::clone(&done);
+                let task = self
+                    .tasks
+                    .spawn(check_loop(Arc::clone(backend), config.clone(), first));
+                self.running.insert(key, (task, config.clone()));
+                checkers += 1;
+                bound = bound.max(config.timeout);
+            }
+        }
+        // Reap the aborted ones so the set does not grow with every reload.
+        while self.tasks.try_join_next().is_some() {}
+        FirstRound {
+            done,
+            checkers,
+            bound,
+        }
+    }
+
+    /// Stops every checker.
+    pub async fn shutdown(&mut self) {
+        self.running.clear();
+        self.tasks.shutdown().await;
     }
 }
 

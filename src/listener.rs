@@ -1,7 +1,7 @@
 //! The client-facing accept loop. Each connection is served in its own task: by the
 //! [`relay`] while its requests are plain HTTP/1.1, by hyper-util's auto
 //! builder (HTTP/1.1, or HTTP/2 with prior knowledge) with every request handed to
-//! [`Proxy::forward`] from the first one that is not. One bad connection never ends
+//! [`Proxy::forward`](crate::dispatch::Proxy::forward) from the first one that is not. One bad connection never ends
 //! the loop; on shutdown the loop stops accepting and every open connection is asked to
 //! finish gracefully (HTTP/1 closes after its current response, HTTP/2 sends GOAWAY).
 
@@ -20,11 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::ListenConfig;
-use crate::connections::{Connections, Timeouts, Watch};
-use crate::dispatch::{Peer, Proxy};
+use crate::connections::{Connections, Watch};
+use crate::dispatch::Peer;
 use crate::redirect;
 use crate::relay;
 use crate::rules::Limits;
+use crate::settings::{self, Settings};
 use crate::tls::{HandshakeFailure, Terminator};
 
 /// How often an HTTP/2 connection is pinged, and how long its answer may take.
@@ -94,9 +95,8 @@ pub enum Serves {
 
 /// What every accept loop shares.
 struct Shared {
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    timeouts: Timeouts,
+    /// The connection settings in force, loaded once per accepted connection.
+    settings: settings::Current,
     /// One place per open connection, across all listeners.
     slots: Arc<Semaphore>,
     max_connections: usize,
@@ -113,18 +113,14 @@ struct Shared {
 /// keeps the descriptors its health checks and admin socket need.
 pub async fn serve(
     listeners: Vec<Bound>,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    timeouts: Timeouts,
+    settings: settings::Current,
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Connections {
     let (tx, counted) = watch::channel(());
     let stop = CancellationToken::new();
     let shared = Arc::new(Shared {
-        proxy,
-        builder,
-        timeouts,
+        settings,
         slots: Arc::new(Semaphore::new(max_connections)),
         max_connections,
         counted,
@@ -167,11 +163,14 @@ async fn accept_loop(bound: Bound, shared: Arc<Shared>, stop: CancellationToken)
                 }
             },
         };
+        // One load per connection: it is served with the settings in force now, and
+        // keeps them until it closes.
+        let current = shared.settings.load_full();
         let Ok(slot) = Arc::clone(&shared.slots).try_acquire_owned() else {
             // Closed at once: the client sees its connection end, the process keeps
             // its descriptors.
             drop(stream);
-            shared.proxy.tracker.telemetry().connection_refused();
+            current.proxy.tracker.telemetry().connection_refused();
             full.begin(|| {
                 tracing::warn!(
                     max_connections = shared.max_connections,
@@ -190,20 +189,20 @@ async fn accept_loop(bound: Bound, shared: Arc<Shared>, stop: CancellationToken)
             Serves::Plain => {
                 let conn = relay::serve(
                     stream,
-                    Peer::new(peer, &shared.proxy.policy, "http"),
-                    Arc::clone(&shared.proxy),
-                    Arc::clone(&shared.builder),
-                    shared.timeouts,
+                    Peer::new(peer, &current.proxy.policy, "http"),
+                    Arc::clone(&current.proxy),
+                    Arc::clone(&current.builder),
+                    current.timeouts,
                     watch,
                 );
                 tokio::spawn(conn.instrument(span));
             }
             Serves::Tls(tls) => {
-                let conn = serve_tls(stream, peer, Arc::clone(tls), Arc::clone(&shared), watch);
+                let conn = serve_tls(stream, peer, Arc::clone(tls), current, watch);
                 tokio::spawn(conn.instrument(span));
             }
             Serves::Redirect { https_port } => {
-                let (builder, port) = (Arc::clone(&shared.builder), *https_port);
+                let (builder, port) = (Arc::clone(&current.builder), *https_port);
                 let conn = async move { redirect::serve(stream, &builder, port, watch).await };
                 tokio::spawn(conn.instrument(span));
             }
@@ -219,7 +218,7 @@ async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Arc<Terminator>,
-    shared: Arc<Shared>,
+    current: Arc<Settings>,
     watch: Watch,
 ) {
     let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
@@ -227,10 +226,10 @@ async fn serve_tls(
         Ok(Ok(stream)) => {
             relay::serve(
                 stream,
-                Peer::new(peer, &shared.proxy.policy, "https"),
-                Arc::clone(&shared.proxy),
-                Arc::clone(&shared.builder),
-                shared.timeouts,
+                Peer::new(peer, &current.proxy.policy, "https"),
+                Arc::clone(&current.proxy),
+                Arc::clone(&current.builder),
+                current.timeouts,
                 watch,
             )
             .await;
@@ -246,7 +245,7 @@ async fn serve_tls(
             HandshakeFailure::Timeout
         }
     };
-    shared.proxy.tracker.telemetry().handshake_failed(failure);
+    current.proxy.tracker.telemetry().handshake_failed(failure);
 }
 
 /// A run of the same trouble, logged when it begins and when it ends (with how many

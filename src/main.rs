@@ -14,6 +14,7 @@ use http::Method;
 use cutover::color::Color;
 use cutover::config::Config;
 use cutover::ctl;
+use cutover::reload::{ReloadHook, ReloadReport, Reloader, Trigger};
 use cutover::server::Server;
 
 #[derive(Debug, Parser)]
@@ -79,6 +80,9 @@ enum CtlCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Read the config file again and apply it (as SIGHUP does); fails when the file is
+    /// refused.
+    Reload,
     /// Go back to the colour that was live before the last change.
     Rollback {
         /// Refuse unless the routing generation is still this (see `status`).
@@ -92,10 +96,10 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         // The config is read before the runtime exists: it decides the runtime's shape.
-        Command::Run { config } => match config.as_deref().map(Config::load).transpose() {
+        Command::Run { config: file } => match file.as_deref().map(Config::load).transpose() {
             Ok(config) => {
                 let workers = config.as_ref().map(|c| c.workers);
-                block_on(workers, run(config))
+                block_on(workers, run(config, file))
             }
             Err(e) => Err(e.into()),
         },
@@ -148,7 +152,7 @@ fn init_tracing() {
         .init();
 }
 
-async fn run(config: Option<Config>) -> anyhow::Result<()> {
+async fn run(config: Option<Config>, file: Option<PathBuf>) -> anyhow::Result<()> {
     let demo = config.is_none();
     let config = match config {
         Some(config) => config,
@@ -158,7 +162,23 @@ async fn run(config: Option<Config>) -> anyhow::Result<()> {
             Config::demo(blue, green)
         }
     };
-    let server = Server::bind(config).await?;
+    let server = Server::bind_file(config, file).await?;
+    // Every reload, whatever its trigger, runs `Reloader::reload`: a service manager
+    // hears RELOADING=1 before it and READY=1 after it (whatever the outcome: the
+    // process serves either way).
+    server
+        .reloader()
+        .add_hook(std::sync::Arc::new(NotifyReload));
+    // The SIGHUP handler is installed before anything is served, so a SIGHUP never
+    // meets the default action (exit).
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangup) => {
+            tokio::spawn(reload_on_hangup(hangup, server.reloader()));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; reload with `cutover ctl reload`")
+        }
+    }
     if demo {
         let addr = server.proxy_addr()?;
         let sock = server.admin_socket().display().to_string();
@@ -173,6 +193,31 @@ async fn run(config: Option<Config>) -> anyhow::Result<()> {
     }
     server.run(shutdown_signal()).await;
     Ok(())
+}
+
+/// Tells a service manager (systemd `Type=notify`) when a reload starts and ends.
+struct NotifyReload;
+
+impl ReloadHook for NotifyReload {
+    fn starting(&self, _trigger: Trigger) {
+        cutover::sd_notify::reloading();
+    }
+
+    fn finished(&self, _report: &ReloadReport) {
+        cutover::sd_notify::ready();
+    }
+}
+
+/// Reloads the config file on each SIGHUP (instead of the default: exit).
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    reloader: std::sync::Arc<Reloader>,
+) {
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP received; reloading the config");
+        // The outcome is logged, counted and shown on /status by the reload itself.
+        let _ = reloader.reload(Trigger::Signal).await;
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
@@ -227,6 +272,15 @@ async fn ctl_command(
             return Ok(());
         }
         CtlCommand::Top => return Ok(ctl::top(socket, json).await?),
+        CtlCommand::Reload => {
+            let bytes = ctl::call(socket, Method::POST, "/reload", None).await?;
+            if json {
+                print!("{}", String::from_utf8_lossy(&bytes));
+            } else {
+                println!("{}", ctl::render_reload(&bytes)?);
+            }
+            return Ok(());
+        }
         CtlCommand::Switch {
             color,
             expect_generation,

@@ -108,6 +108,8 @@ pub struct Telemetry {
     handshake_failures: [Counter; HandshakeFailure::ALL.len()],
     /// `cutover_tls_certificate_reloads_total`: failed, then loaded.
     certificate_reloads: [Counter; 2],
+    /// `cutover_config_reloads_total` by result: ok, then error.
+    reloads: [Counter; 2],
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
@@ -168,6 +170,8 @@ impl Telemetry {
                 &[("result", result)],
             )
         });
+        let reloads = ["ok", "error"]
+            .map(|result| counter("cutover_config_reloads_total", &[("result", result)]));
         let handle = recorder.handle();
         Telemetry {
             handshake_failures,
@@ -184,6 +188,7 @@ impl Telemetry {
             stats: Stats::default(),
             access_log,
             access_dropped,
+            reloads,
         }
     }
 
@@ -229,6 +234,11 @@ impl Telemetry {
 
     pub fn switched(&self, rollback: bool, forced: bool) {
         self.switches[usize::from(rollback)][usize::from(forced)].increment(1);
+    }
+
+    /// A config reload that applied (`ok`) or changed nothing (`!ok`).
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].increment(1);
     }
 
     pub fn access_dropped(&self) {
@@ -327,7 +337,7 @@ impl DurationHistogram {
 }
 
 fn describe(r: &PrometheusRecorder) {
-    let help: [(&str, Option<Unit>, &str, bool); 17] = [
+    let help: [(&str, Option<Unit>, &str, bool); 18] = [
         (
             "cutover_tls_handshake_failures_total",
             None,
@@ -338,6 +348,12 @@ fn describe(r: &PrometheusRecorder) {
             "cutover_tls_certificate_reloads_total",
             None,
             "Listener certificates read again (file change or reload), by result; on error the previous ones stay.",
+            true,
+        ),
+        (
+            "cutover_config_reloads_total",
+            None,
+            "Config reloads (file change, SIGHUP, POST /reload), by result: ok applied the file, error changed nothing.",
             true,
         ),
         (

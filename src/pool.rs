@@ -283,6 +283,21 @@ impl Pool {
         })
     }
 
+    /// As [`build`](Pool::build), for a reload: a backend new to a pool with health
+    /// checks starts out of rotation ("not checked yet") and gets traffic only once
+    /// `rise` checks have passed. (At start-up backends start in rotation so the proxy
+    /// serves at once; the first failed check takes one out.)
+    pub fn rebuild(config: &PoolConfig, existing: &[Arc<Backend>]) -> Result<Pool, PoolError> {
+        let pool = Pool::build(config, existing)?;
+        if config.health.is_some() {
+            let new = |b: &&Arc<Backend>| !existing.iter().any(|e| Arc::ptr_eq(e, b));
+            for backend in pool.backends.iter().filter(new) {
+                backend.set_health(false, false, Some("not checked yet".to_owned()));
+            }
+        }
+        Ok(pool)
+    }
+
     /// The next available backend in round-robin order, or `None` when none is.
     /// Lock-free and allocation-free.
     #[inline]

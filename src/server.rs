@@ -17,14 +17,13 @@ use crate::activation;
 use crate::admin::{self, Admin};
 use crate::color::Color;
 use crate::config::Config;
-use crate::connections::Timeouts;
 use crate::drain::Tracker;
-use crate::health;
 use crate::listener;
 use crate::metrics::Telemetry;
 use crate::pool::Pool;
-use crate::proxy::Proxy;
+use crate::reload::{FileWatch, Reloader};
 use crate::sd_notify;
+use crate::settings::{self, Settings};
 use crate::snapshot::Snapshot;
 use crate::switchboard::{self, StateReport, Switchboard};
 use crate::tls::{self, Certs, Terminator, TlsError};
@@ -42,14 +41,14 @@ pub struct Server {
     admin_listener: UnixListener,
     /// Where the admin socket is: logged at start, removed when the server stops.
     admin_path: PathBuf,
-    /// The data path's shared context, handed to every client connection.
-    proxy: Arc<Proxy>,
+    /// What each client connection is served with (the data path's context, hyper's
+    /// builder, the timeouts); loaded per connection, replaced by a reload.
+    settings: settings::Current,
     /// The admin API, served on the admin socket and on the metrics listener.
     admin: Arc<Admin>,
-    /// Connection settings for client connections (HTTP/1 + h2c).
-    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
-    /// How long a client connection may take over a head, a body, or sitting idle.
-    timeouts: Timeouts,
+    /// Applies config files (file watch, SIGHUP, `POST /reload`); owns the health
+    /// checkers.
+    reloader: Arc<Reloader>,
     /// Open client connections at most (`limits.max_connections`, or derived from the
     /// file descriptor limit).
     max_connections: usize,
@@ -57,10 +56,10 @@ pub struct Server {
     grace: Duration,
     /// For closing tunnels at the drain deadline on shutdown.
     tracker: Arc<Tracker>,
-    /// Both pools, for starting their health checkers.
-    pools: [Arc<Pool>; 2],
     /// `metrics.listen`: a TCP endpoint for Prometheus scrapes.
     metrics_listener: Option<TcpListener>,
+    /// The watch on the config file, when there is one (and it could be set up).
+    file_watch: Option<FileWatch>,
 }
 
 /// Why the server could not start.
@@ -94,6 +93,12 @@ impl Server {
     /// Restores state, builds the snapshot and binds both listeners. Nothing is served
     /// until [`run`](Server::run).
     pub async fn bind(config: Config) -> Result<Server, StartError> {
+        Server::bind_file(config, None).await
+    }
+
+    /// As [`bind`](Server::bind), for a config read from `file`: reloads (the file
+    /// watcher, SIGHUP, `POST /reload`) read that file again.
+    pub async fn bind_file(config: Config, file: Option<PathBuf>) -> Result<Server, StartError> {
         let (state, report) = initial_state(&config);
         let pool = |color: Color| {
             Pool::build(&config.pools[color.index()], &[])
@@ -109,7 +114,6 @@ impl Server {
             previous: state.previous,
             pools: [pool(Color::Blue)?, pool(Color::Green)?],
         };
-        let pools = snapshot.pools.clone();
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let upstreams = Arc::new(Upstreams::new(&config.upstream, Arc::clone(&snapshot)));
         let access_log = match &config.access_log {
@@ -118,32 +122,17 @@ impl Server {
         };
         let telemetry = Arc::new(Telemetry::new(config.metrics.enabled, access_log));
         let tracker = Arc::new(Tracker::new(config.drain_timeout, upstreams, telemetry));
-        let timeouts = Timeouts {
-            header: config.listen.header_timeout,
-            idle: config.listen.idle_timeout,
-            body: config.listen.body_timeout,
-            write: config.listen.write_timeout,
-        };
-        let proxy = Arc::new(Proxy::new(
+        let settings = Arc::new(ArcSwap::from_pointee(Settings::build(
+            &config,
             Arc::clone(&snapshot),
             Arc::clone(&tracker),
-            &config.upstream,
-            config.color_header,
-            config.policy.clone(),
-            timeouts,
-        ));
+        )));
         let switchboard = Arc::new(Switchboard::new(
             snapshot,
             Arc::clone(&tracker),
             config.state_file.clone(),
             report,
         ));
-        let admin = Arc::new(Admin {
-            switchboard,
-            tracker: Arc::clone(&tracker),
-            access: config.admin.access.clone(),
-        });
-
         // Passed sockets (socket activation) first; whatever is not passed is bound.
         let mut wanted: Vec<activation::Endpoint> = config
             .listen
@@ -168,13 +157,34 @@ impl Server {
             None => None,
         };
         let listeners = serving(&config, bound)?;
-        let certificates = listeners
+        let certificates: Vec<Arc<Certs>> = listeners
             .iter()
             .filter_map(|b| match &b.serves {
                 listener::Serves::Tls(t) => Some(Arc::clone(&t.certs)),
                 _ => None,
             })
             .collect();
+        let file_watch = file.as_deref().and_then(|file| {
+            FileWatch::start(file)
+                .map_err(|e| tracing::error!(file = %file.display(), error = %e, "cannot watch the config file; reload with SIGHUP or `cutover ctl reload`"))
+                .ok()
+        });
+        let access = Arc::new(ArcSwap::from_pointee(config.admin.access.clone()));
+        let reloader = Arc::new(Reloader::new(
+            file,
+            config.clone(),
+            Arc::clone(&switchboard),
+            Arc::clone(&settings),
+            Arc::clone(&access),
+            certificates.clone(),
+        ));
+        let admin = Arc::new(Admin {
+            switchboard,
+            tracker: Arc::clone(&tracker),
+            access,
+            reloader: Arc::clone(&reloader),
+        });
+
         let admin_listener =
             admin::bind(&config.admin.socket, config.admin.mode, config.admin.group)
                 .await
@@ -184,21 +194,17 @@ impl Server {
             certificates,
             admin_listener,
             admin_path: config.admin.socket.clone(),
-            proxy,
+            settings,
             admin,
-            builder: Arc::new(listener::connection_builder(
-                &config.listen,
-                &config.policy.limits,
-            )),
-            timeouts,
+            reloader,
             max_connections: config
                 .listen
                 .max_connections
                 .unwrap_or_else(listener::default_max_connections),
             grace: config.shutdown_grace,
             tracker,
-            pools,
             metrics_listener,
+            file_watch,
         })
     }
 
@@ -236,6 +242,12 @@ impl Server {
         &self.admin_path
     }
 
+    /// What applies config files to this server: `main` sends SIGHUP to it and may add
+    /// hooks around each reload (process notification).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        Arc::clone(&self.reloader)
+    }
+
     /// Serves until `shutdown` resolves; then stops accepting, gives in-flight requests
     /// up to the grace period, and removes the admin socket.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
@@ -247,16 +259,19 @@ impl Server {
                 let _ = admin_stopped.await;
             },
         ));
-        // Health checkers, the idle connection sweep and the TCP metrics endpoint;
-        // ended on shutdown.
+        // Health checkers, the config watcher, the idle connection sweep and the TCP
+        // metrics endpoint; ended on shutdown.
         let mut background = tokio::task::JoinSet::new();
-        let first_round = health::spawn_checkers(&self.pools, &mut background);
+        let first_round = self.reloader.start_checkers().await;
         // READY=1 (and STATUS=, WATCHDOG=1) for a service manager, when one listens.
         let switchboard = Arc::clone(&self.admin.switchboard);
         background.spawn(sd_notify::supervise(first_round.wait(), move || {
             let snap = switchboard.snapshot();
             format!("live {}, generation {}", snap.live, snap.generation)
         }));
+        if let Some(watch) = self.file_watch {
+            background.spawn(watch.run(Arc::clone(&self.reloader)));
+        }
         background.spawn(Arc::clone(self.tracker.upstreams()).sweep());
         if let Some(listener) = self.metrics_listener {
             background.spawn(admin::serve_metrics(listener, Arc::clone(&self.admin)));
@@ -274,9 +289,7 @@ impl Server {
 
         let connections = listener::serve(
             self.listeners,
-            self.proxy,
-            self.builder,
-            self.timeouts,
+            Arc::clone(&self.settings),
             self.max_connections,
             shutdown,
         )
@@ -311,6 +324,7 @@ impl Server {
             self.tracker.close_all_tunnels();
         }
         background.shutdown().await;
+        self.reloader.stop_checkers().await;
         let _ = stop_admin.send(());
         if let Ok(admin_connections) = admin_task.await {
             let _ =

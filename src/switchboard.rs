@@ -15,6 +15,7 @@ use crate::color::Color;
 use crate::drain::Tracker;
 use crate::error::SwitchError;
 use crate::health::{self, GateReport};
+use crate::pool::Pool;
 use crate::snapshot::Snapshot;
 
 /// The part of the routing state that survives a restart.
@@ -171,6 +172,29 @@ impl Switchboard {
             cur.previous.ok_or(SwitchError::NoPrevious)
         })
         .await
+    }
+
+    /// Replaces the pools (a config reload), keeping the live colour, the previous one
+    /// and the generation: routing belongs to the state file, and a reload is not a
+    /// routing change, so callers' `expect_generation` still holds across it (a switch
+    /// judges the gate on the pools current when it runs). `build` gets the current
+    /// snapshot, to reuse its backends; when it fails nothing is swapped. Serialised
+    /// with switches, so neither undoes the other. Returns the snapshots before and
+    /// after.
+    pub async fn reconfigure<E>(
+        &self,
+        build: impl FnOnce(&Snapshot) -> Result<[Arc<Pool>; 2], E>,
+    ) -> Result<(Arc<Snapshot>, Arc<Snapshot>), E> {
+        let _writer = self.write.lock().await;
+        let current = self.snapshot.load_full();
+        let next = Arc::new(Snapshot {
+            generation: current.generation,
+            live: current.live,
+            previous: current.previous,
+            pools: build(&current)?,
+        });
+        self.snapshot.store(Arc::clone(&next));
+        Ok((current, next))
     }
 
     async fn change(

@@ -271,14 +271,15 @@ pub async fn watch(certs: Vec<Arc<Certs>>, counted: impl Fn(bool) + Send) {
     while rx.recv().await.is_some() {
         tokio::time::sleep(SETTLE).await;
         while rx.try_recv().is_ok() {}
-        reload_all(&certs, &counted);
+        let _ = reload_all(&certs, &counted);
     }
 }
 
 /// Reloads every listener's certificates (SIGHUP, a file change), each logged and
 /// passed to `counted` (whether it loaded): the old ones stay where the new ones are
-/// bad.
-pub fn reload_all(certs: &[Arc<Certs>], counted: &impl Fn(bool)) {
+/// bad. Returns why each that did not load failed.
+pub fn reload_all(certs: &[Arc<Certs>], counted: &impl Fn(bool)) -> Vec<String> {
+    let mut errors = Vec::new();
     for c in certs {
         match c.reload() {
             Ok(()) => {
@@ -288,9 +289,11 @@ pub fn reload_all(certs: &[Arc<Certs>], counted: &impl Fn(bool)) {
             Err(e) => {
                 counted(false);
                 tracing::error!(error = %e, "certificates not reloaded; the previous ones are still served");
+                errors.push(e.to_string());
             }
         }
     }
+    errors
 }
 
 /// `path` as a directory watch reports it: a bare file name is under `.`.

@@ -178,3 +178,66 @@ async fn an_abstract_notify_socket_gets_ready_and_watchdog_pings_at_half_the_int
     let exit = wait_exit(run.child).await;
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_is_announced_with_reloading_and_a_monotonic_time_then_ready_even_when_it_fails() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    let notify_name = notify_path.display().to_string();
+    let run = start(dir.path(), blue.addr, green.addr, "", &notify_name, &[]);
+    expect(&notify, "READY=1", Duration::from_secs(10), &run.log).await;
+
+    // A good reload through the admin API, then a bad file through SIGHUP: each is
+    // RELOADING=1 with MONOTONIC_USEC first, READY=1 once it is over.
+    let config = dir.path().join("cutover.toml");
+    for bad in [false, true] {
+        let before = monotonic_usec();
+        if bad {
+            std::fs::write(&config, "[listen\n").expect("write a bad config");
+            let pid = libc::pid_t::try_from(run.child.id()).expect("pid fits");
+            // SAFETY: sending a signal to our own child process.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+        } else {
+            let (code, body) = support::admin(&run.socket, Method::POST, "/reload", "").await;
+            assert!(code.is_success(), "{body}");
+        }
+        let reloading = expect(&notify, "RELOADING=1", Duration::from_secs(5), &run.log).await;
+        let usec: u64 = reloading
+            .lines()
+            .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+            .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {reloading:?}"))
+            .parse()
+            .expect("MONOTONIC_USEC is a number");
+        assert!(
+            usec >= before,
+            "MONOTONIC_USEC {usec} is before the reload began ({before})"
+        );
+        expect(&notify, "READY=1", Duration::from_secs(5), &run.log).await;
+    }
+    // The bad file was refused and the process still serves.
+    let (_, status) = support::admin(&run.socket, Method::GET, "/status", "").await;
+    assert_eq!(status["last_reload"]["result"], "error", "{status}");
+    assert_eq!(support::get(run.addr, "/").await.text(), "blue");
+
+    sigterm(&run.child);
+    let exit = wait_exit(run.child).await;
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
+/// `CLOCK_MONOTONIC` now, in microseconds, as systemd reads `MONOTONIC_USEC`.
+fn monotonic_usec() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write into.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        0
+    );
+    u64::try_from(now.tv_sec).expect("positive") * 1_000_000
+        + u64::try_from(now.tv_nsec).expect("positive") / 1_000
+}

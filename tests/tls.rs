@@ -509,3 +509,67 @@ fn listener_config_errors_name_the_key_and_the_file() {
     ));
     assert_eq!(bad_sni[0].0, "listen.tls.sni[0].name", "{bad_sni:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_refuses_a_bad_certificate_naming_the_key_reads_a_good_one_and_a_changed_tls_table_needs_a_restart()
+ {
+    use http::{Method, StatusCode};
+    let (blue, green) = (backend("blue").await, backend("green").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("cutover test CA");
+    let issued = ca.issue(dir.path(), "server", &["localhost"]);
+    let text = config_text(
+        dir.path(),
+        &[blue],
+        &[green],
+        &format!("\n[listen.tls]\n{}", cert_keys(&issued)),
+    );
+    let proxy = Proxy::from_file(dir, &text).await;
+    let served = presented(
+        &connect(proxy.addr, ca.client_config(&[]), "localhost")
+            .await
+            .expect("handshake"),
+    );
+
+    // A certificate of another key over the good one: the reload changes nothing,
+    // keeps the old certificate and says why, naming the key.
+    let (other_cert, _) = ca.issue_pem(&["localhost"]);
+    replace_file(&proxy.dir.path().join("server.crt"), other_cert.as_bytes());
+    let (code, body) = proxy.admin(Method::POST, "/reload", "").await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let error = body["error"].as_str().expect("error");
+    assert!(
+        error.contains("listen.tls.key") && error.contains("does not belong"),
+        "the reload's error names the bad certificate: {error}"
+    );
+    assert_eq!(proxy.status().await["last_reload"]["result"], "error");
+    let mut after = connect(proxy.addr, ca.client_config(&[]), "localhost")
+        .await
+        .expect("handshake with the old certificate");
+    assert!(presented(&after) == served, "the old certificate is served");
+    let (status, body) = h1_round_trip(&mut after, &get_bytes("/")).await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "blue")
+    );
+
+    // A good pair again: the reload's result has no certificate error.
+    let (cert, key) = ca.issue_pem(&["localhost"]);
+    replace_file(&proxy.dir.path().join("server.key"), key.as_bytes());
+    replace_file(&proxy.dir.path().join("server.crt"), cert.as_bytes());
+    let (code, body) = proxy.admin(Method::POST, "/reload", "").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["message"], "applied", "{body}");
+    let fresh = connect(proxy.addr, ca.client_config(&[]), "localhost")
+        .await
+        .expect("handshake with the new certificate");
+    assert!(presented(&fresh) != served, "the new certificate is served");
+
+    // The listener's TLS table changed: reported as needing a restart, the rest applies.
+    let changed = text.replace("[listen.tls]", "[listen.tls]\nhandshake_timeout = \"3s\"");
+    replace_file(&proxy.config_file(), changed.as_bytes());
+    let (code, body) = proxy.admin(Method::POST, "/reload", "").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let needs = body["restart_needed"].to_string();
+    assert!(needs.contains("listen.tls"), "{body}");
+}

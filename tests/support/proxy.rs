@@ -90,7 +90,27 @@ impl Proxy {
 
     pub async fn from_text(dir: tempfile::TempDir, text: &str) -> Proxy {
         let config = Config::parse(text, Path::new("test.toml")).expect("test config is valid");
-        let server = Server::bind(config).await.expect("proxy binds");
+        Proxy::serve(dir, Server::bind(config).await.expect("proxy binds"))
+    }
+
+    /// Writes `text` to `cutover.toml` in `dir` and starts a proxy from that file, with
+    /// its watcher running: reloads (file change, `POST /reload`) read it again.
+    pub async fn from_file(dir: tempfile::TempDir, text: &str) -> Proxy {
+        let path = dir.path().join("cutover.toml");
+        std::fs::write(&path, text).expect("write config");
+        let config = Config::load(&path).expect("test config is valid");
+        let server = Server::bind_file(config, Some(path))
+            .await
+            .expect("proxy binds");
+        Proxy::serve(dir, server)
+    }
+
+    /// The config file of a proxy started [`from_file`](Proxy::from_file).
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("cutover.toml")
+    }
+
+    fn serve(dir: tempfile::TempDir, server: Server) -> Proxy {
         let addr = server.proxy_addr().expect("proxy addr");
         let addrs = server.listener_addrs();
         let metrics = server.metrics_addr();
@@ -248,4 +268,23 @@ pub async fn admin(
         )
     });
     (status, value)
+}
+
+/// Rewrites `path` in place (truncate, then write), as `echo … > file` does.
+pub fn write_in_place(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .expect("open config");
+    file.write_all(text.as_bytes()).expect("write config");
+    file.sync_all().expect("sync config");
+}
+
+/// Saves `text` as `path` the way editors do: a temp file beside it, renamed over it.
+pub fn write_by_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.swp");
+    std::fs::write(&tmp, text).expect("write temp config");
+    std::fs::rename(&tmp, path).expect("rename config");
 }
