@@ -10,6 +10,10 @@
 //! by the socket's local address, else (one socket passed, one endpoint wanted) to that
 //! socket. A passed socket that matches nothing is logged and closed; an endpoint that
 //! gets none is bound as usual.
+//!
+//! `LISTEN_PID` and `LISTEN_FDS` are removed once read (by `listenfd`), so a child
+//! process never takes the sockets for its own; `LISTEN_FDNAMES` stays (removing it
+//! here would need unsafe code) and means nothing without the other two.
 
 use std::io;
 use std::net::SocketAddr;

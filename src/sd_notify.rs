@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Why a notification was not sent.
@@ -87,9 +88,21 @@ fn address(name: &str) -> Result<SocketAddr, NotifyError> {
     }
 }
 
+/// Whether the last notification failed: a run of failures (a manager that stopped
+/// reading, say) is logged when it begins and when it ends, not at every watchdog ping.
+static FAILING: AtomicBool = AtomicBool::new(false);
+
 fn log(result: Result<bool, NotifyError>) {
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "service manager notification failed");
+    match result {
+        Err(e) if !FAILING.swap(true, Ordering::Relaxed) => {
+            tracing::warn!(error = %e, "service manager notification failed");
+        }
+        Err(e) => tracing::debug!(error = %e, "service manager notification failed"),
+        Ok(_) => {
+            if FAILING.swap(false, Ordering::Relaxed) {
+                tracing::info!("service manager notifications are delivered again");
+            }
+        }
     }
 }
 
