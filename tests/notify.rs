@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::process::{free_port, signal, wait_exit};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,12 +14,6 @@ use http::{Method, StatusCode};
 use tokio::net::UnixDatagram;
 
 use support::TestBackend;
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
 
 struct Running {
     child: Child,
@@ -84,19 +80,6 @@ async fn expect(notify: &UnixDatagram, line: &str, within: Duration, log: &Path)
     }
 }
 
-fn sigterm(child: &Child) {
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-}
-
-async fn wait_exit(mut child: Child) -> std::process::ExitStatus {
-    tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait for cutover")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_comes_after_the_listener_serves_and_the_first_health_round_and_status_follows_switches()
  {
@@ -138,7 +121,7 @@ async fn ready_comes_after_the_listener_serves_and_the_first_health_round_and_st
     let line = "STATUS=live green, generation 2";
     expect(&notify, line, Duration::from_secs(5), &run.log).await;
 
-    sigterm(&run.child);
+    signal(&run.child, libc::SIGTERM);
     expect(&notify, "STOPPING=1", Duration::from_secs(5), &run.log).await;
     let exit = wait_exit(run.child).await;
     assert!(exit.success(), "exit status {exit:?}");
@@ -173,7 +156,7 @@ async fn an_abstract_notify_socket_gets_ready_and_watchdog_pings_at_half_the_int
     for _ in 0..3 {
         expect(&notify, "WATCHDOG=1", Duration::from_secs(5), &log).await;
     }
-    sigterm(&run.child);
+    signal(&run.child, libc::SIGTERM);
     expect(&notify, "STOPPING=1", Duration::from_secs(5), &log).await;
     let exit = wait_exit(run.child).await;
     assert!(exit.success(), "exit status {exit:?}");
@@ -197,9 +180,7 @@ async fn a_reload_is_announced_with_reloading_and_a_monotonic_time_then_ready_ev
         let before = monotonic_usec();
         if bad {
             std::fs::write(&config, "[listen\n").expect("write a bad config");
-            let pid = libc::pid_t::try_from(run.child.id()).expect("pid fits");
-            // SAFETY: sending a signal to our own child process.
-            assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+            signal(&run.child, libc::SIGHUP);
         } else {
             let (code, body) = support::admin(&run.socket, Method::POST, "/reload", "").await;
             assert!(code.is_success(), "{body}");
@@ -222,7 +203,7 @@ async fn a_reload_is_announced_with_reloading_and_a_monotonic_time_then_ready_ev
     assert_eq!(status["last_reload"]["result"], "error", "{status}");
     assert_eq!(support::get(run.addr, "/").await.text(), "blue");
 
-    sigterm(&run.child);
+    signal(&run.child, libc::SIGTERM);
     let exit = wait_exit(run.child).await;
     assert!(exit.success(), "exit status {exit:?}");
 }

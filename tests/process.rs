@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::process::{free_port, signal};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,12 +17,6 @@ struct Running {
     socket: PathBuf,
     log: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 async fn start(
@@ -90,12 +86,6 @@ fn ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("run ctl")
 }
 
-fn sigterm(child: &Child) {
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_slow_requests_lets_them_complete_refuses_new_connections_and_exits_0() {
     let blue = TestBackend::start("blue").await;
@@ -118,7 +108,7 @@ async fn sigterm_during_slow_requests_lets_them_complete_refuses_new_connections
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    sigterm(&proxy.child);
+    signal(&proxy.child, libc::SIGTERM);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
@@ -193,7 +183,7 @@ async fn a_forced_switch_past_the_gate_is_audited_as_forced_and_dry_run_explains
         String::from_utf8_lossy(&forced.stderr)
     );
 
-    sigterm(&proxy.child);
+    signal(&proxy.child, libc::SIGTERM);
     tokio::task::spawn_blocking(move || proxy.child.wait())
         .await
         .expect("join")
@@ -230,7 +220,7 @@ async fn a_backend_outage_under_load_logs_a_bounded_number_of_lines() {
             failed += 1;
         }
     }
-    sigterm(&proxy.child);
+    signal(&proxy.child, libc::SIGTERM);
     let _ = proxy.child.wait();
     let log = std::fs::read_to_string(&proxy.log).expect("log");
     let lines = log.lines().count();
@@ -291,7 +281,7 @@ async fn a_flood_of_idle_clients_under_a_low_fd_limit_leaves_health_checks_and_a
     drop(flood);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(support::get(proxy.addr, "/").await.status, StatusCode::OK);
-    sigterm(&proxy.child);
+    signal(&proxy.child, libc::SIGTERM);
     let _ = proxy.child.wait();
     let log = std::fs::read_to_string(&proxy.log).expect("log");
     assert!(log.contains("connection limit reached"), "{log}");

@@ -421,11 +421,7 @@ async fn sighup_reloads_the_running_binary() {
         backend("green").await,
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let addr: SocketAddr = ([127, 0, 0, 1], support::process::free_port()).into();
     let text = |blue: &[SocketAddr]| {
         config_text(dir.path(), blue, &[green], "").replace("127.0.0.1:0", &addr.to_string())
     };
@@ -451,9 +447,7 @@ async fn sighup_reloads_the_running_binary() {
     }
 
     write_in_place(&real.join("cutover.toml"), &text(&[b1.addr, b2.addr]));
-    let pid = i32::try_from(child.id()).expect("pid");
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    support::process::signal(&child, libc::SIGHUP);
     // Until the signal's reload shows: its result and both blue backends.
     let want = [b1.addr.to_string(), b2.addr.to_string()];
     let deadline = Instant::now() + Duration::from_secs(5);

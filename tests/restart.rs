@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::process::{signal, wait_exit};
+
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -38,12 +40,6 @@ fn start(listener: &std::net::TcpListener, config: &Path, log: &Path) -> Child {
         .stderr(std::fs::File::create(log).expect("log file"))
         .spawn()
         .expect("start cutover")
-}
-
-fn sigterm(child: &Child) {
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
 }
 
 /// Waits until the process's admin socket answers `GET /status`.
@@ -150,13 +146,6 @@ fn write_config(
     (config, socket)
 }
 
-async fn wait_exit(mut child: Child) -> std::process::ExitStatus {
-    tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait for cutover")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_a_passed_socket_refuses_and_fails_no_request() {
     let blue = TestBackend::start("blue").await;
@@ -178,7 +167,7 @@ async fn a_restart_on_a_passed_socket_refuses_and_fails_no_request() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = tally.ok.load(Ordering::SeqCst);
 
-    sigterm(&first);
+    signal(&first, libc::SIGTERM);
     let second = start(&listener, &config_b, &log_b);
     wait_serving(&socket_b, &log_b).await;
     let first_exit = wait_exit(first).await;
@@ -216,7 +205,7 @@ async fn a_restart_on_a_passed_socket_refuses_and_fails_no_request() {
     let log = std::fs::read_to_string(&log_a).unwrap_or_default();
     assert!(log.contains("serving a passed socket"), "{log}");
 
-    sigterm(&second);
+    signal(&second, libc::SIGTERM);
     let second_exit = wait_exit(second).await;
     assert!(second_exit.success(), "second process: {second_exit:?}");
 }

@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod clients;
+pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod tls;
