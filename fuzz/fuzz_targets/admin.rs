@@ -51,6 +51,8 @@ mod api {
     use cutover::drain::Tracker;
     use cutover::metrics::Telemetry;
     use cutover::pool::Pool;
+    use cutover::reload::Reloader;
+    use cutover::settings::Settings;
     use cutover::snapshot::{Color, Snapshot};
     use cutover::switchboard::{Caller, StateReport, Switchboard};
     use cutover::upstream::Upstreams;
@@ -91,16 +93,32 @@ mod api {
             restored: false,
             error: None,
         };
+        let settings = Arc::new(ArcSwap::from_pointee(Settings::build(
+            config,
+            Arc::clone(&snapshot),
+            Arc::clone(&tracker),
+        )));
         let switchboard = Arc::new(Switchboard::new(
             snapshot,
             Arc::clone(&tracker),
             None,
             report,
         ));
+        let access: Arc<ArcSwap<cutover::config::Access>> = Arc::default();
+        // No file: a fuzzed POST /reload gets the "nothing to reload" answer.
+        let reloader = Arc::new(Reloader::new(
+            None,
+            config.clone(),
+            Arc::clone(&switchboard),
+            settings,
+            Arc::clone(&access),
+            Vec::new(),
+        ));
         Api(Admin {
             switchboard,
             tracker,
-            access: Default::default(),
+            access,
+            reloader,
         })
     }
 
