@@ -38,12 +38,11 @@ fn snapshot() -> Snapshot {
             .expect("valid"),
         )
     };
-    Snapshot {
-        generation: 1,
-        live: Color::Blue,
-        previous: None,
-        pools: [pool(8001), pool(8002)],
-    }
+    Snapshot::new(
+        Color::Blue,
+        [pool(8001), pool(8002)],
+        cutover::routing::Routing::default(),
+    )
 }
 
 fn route_and_pick(c: &mut Criterion) {
@@ -65,7 +64,9 @@ fn route_and_pick(c: &mut Criterion) {
         c.bench_function(name, |b| {
             b.iter(|| {
                 let snap = swap.load();
-                let color = snap.route(black_box(&req));
+                let color = snap
+                    .route(black_box(&req), std::net::Ipv4Addr::LOCALHOST.into(), false)
+                    .color;
                 let backend = snap.pool(color).pick().expect("healthy backend");
                 let mut guard = tracker.start(color, backend);
                 guard.status = 200;
@@ -79,7 +80,7 @@ fn swap(c: &mut Criterion) {
     let swap = ArcSwap::from_pointee(snapshot());
     c.bench_function("switch: build next snapshot + store", |b| {
         b.iter(|| {
-            let next = swap.load().switched(Color::Green);
+            let next = swap.load().switched(Color::Green, 0);
             swap.store(Arc::new(next));
         })
     });
@@ -171,7 +172,12 @@ fn relay_heads(c: &mut Criterion) {
                 h1::parse_response(black_box(response), &mut fields, false, &policy.limits)
             {
                 out.clear();
-                resp.write_forwarded(Some("blue"), false, &mut out);
+                resp.write_forwarded(
+                    Some("blue"),
+                    &cutover::routing::SetCookies::default(),
+                    false,
+                    &mut out,
+                );
             }
             out.len()
         })

@@ -20,6 +20,7 @@ use crate::error::ProxyError;
 use crate::headers;
 use crate::log_limit::LogLimit;
 use crate::metrics::ErrorKind;
+use crate::routing::Why;
 use crate::rules::Policy;
 use crate::rules::forwarded::{self, Client};
 use crate::snapshot::{Routable, Snapshot};
@@ -112,30 +113,43 @@ impl Proxy {
     pub(crate) fn start<R: Routable>(
         &self,
         req: &R,
-        peer: SocketAddr,
+        peer: &Peer,
         access: impl FnOnce(&R) -> (http::Method, String),
     ) -> Result<InFlight, ProxyError> {
         let mut in_flight = {
             let snap = self.snapshot.load();
-            let color = snap.route(req);
-            let Some(backend) = snap.pool(color).pick() else {
+            let route = snap.route(req, peer.addr.ip(), peer.scheme == "https");
+            let mut color = route.color;
+            let mut picked = snap.pool(color).pick();
+            if picked.is_none() && matches!(route.why, Why::Canary | Why::Pinned) {
+                // A canary or pinned colour with nothing up: the live colour serves rather
+                // than the client seeing a 503 (a forced route does not fall back).
+                color = snap.live;
+                picked = snap.pool(color).pick();
+            }
+            let Some(backend) = picked else {
                 self.tracker
                     .telemetry()
                     .finish(color, 503, false, Duration::ZERO);
                 let err = ProxyError::NoBackend { color };
                 if let Some(suppressed) = NO_BACKEND_LOG.allow() {
-                    tracing::warn!(peer = %peer, error = %err, suppressed, "proxy error");
+                    tracing::warn!(peer = %peer.addr, error = %err, suppressed, "proxy error");
                 }
                 return Err(err);
             };
-            self.tracker.start(color, backend)
+            if route.why != Why::Live {
+                self.tracker.telemetry().routed(route.why);
+            }
+            let mut in_flight = self.tracker.start(color, backend);
+            in_flight.cookies = route.cookies;
+            in_flight
         };
         if self.tracker.telemetry().access_log.is_some() {
             let (method, target) = access(req);
             in_flight.access = Some(Box::new(AccessEntry {
                 method,
                 target,
-                peer,
+                peer: peer.addr,
             }));
         }
         Ok(in_flight)

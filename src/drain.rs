@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::color::Color;
 use crate::metrics::{ColorCounts, ErrorKind, Telemetry};
 use crate::pool::{Backend, BackendGuard};
+use crate::routing::SetCookies;
 use crate::upstream::Upstreams;
 
 /// How often a request that waits (for a response head, or on a body) checks whether
@@ -109,6 +110,9 @@ pub struct InFlight {
     pub bytes: u64,
     /// What the access log line needs from the request, when the log is on.
     pub access: Option<Box<AccessEntry>>,
+    /// The cookies routing decided the response sets (a new bucket or pin); empty on
+    /// almost every request.
+    pub cookies: SetCookies,
 }
 
 /// The request half of an access log line, captured only when the log is on.
@@ -181,6 +185,7 @@ impl Tracker {
             broken: false,
             bytes: 0,
             access: None,
+            cookies: SetCookies::default(),
         }
     }
 

@@ -133,6 +133,13 @@ pub enum SwitchError {
         /// The gate's verdict per backend; the admin API sends it as the 409's `gate`.
         report: crate::health::GateReport,
     },
+    #[error("{color} is the live colour; a canary goes to the other one")]
+    CanaryIsLive {
+        /// The colour asked for, which is live already.
+        color: Color,
+    },
+    #[error("{0}")]
+    Rollout(String),
     #[error("could not persist the new state to {path}: {source}; routing is unchanged")]
     Persist {
         /// The state file that could not be written.
@@ -148,7 +155,7 @@ pub enum AdminError {
     #[error("{0}")]
     BadRequest(String),
     #[error(
-        "no such endpoint {0}; try GET /status, POST /switch, POST /rollback, POST /reload, GET /metrics"
+        "no such endpoint {0}; try GET /status, POST /switch, POST /rollback, POST /canary, POST /rollout, GET /rollout, GET /history, POST /reload, GET /metrics"
     )]
     NotFound(String),
     #[error(

@@ -14,6 +14,7 @@ use std::mem::MaybeUninit;
 
 use httparse::{Header, ParserConfig, Status};
 
+use crate::routing::SetCookies;
 use crate::rules::forwarded::{self, Client};
 use crate::rules::request::{self, Body, Reject, Version};
 use crate::rules::response::{self, BadResponse, Framing};
@@ -248,7 +249,13 @@ impl Response<'_, '_> {
     /// (when on) `x-cutover-color` in, `Transfer-Encoding: chunked` when the body is
     /// relayed chunked, and `Connection: close` when this is the connection's last
     /// response.
-    pub fn write_forwarded(&self, color: Option<&str>, close: bool, out: &mut Vec<u8>) {
+    pub fn write_forwarded(
+        &self,
+        color: Option<&str>,
+        cookies: &SetCookies,
+        close: bool,
+        out: &mut Vec<u8>,
+    ) {
         out.extend_from_slice(b"HTTP/1.1 ");
         // httparse reads exactly three digits.
         let code = self.code;
@@ -291,6 +298,7 @@ impl Response<'_, '_> {
         if let Some(color) = color {
             push_field(out, b"x-cutover-color", color.as_bytes());
         }
+        cookies.write(out);
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
@@ -511,7 +519,7 @@ mod tests {
                 .expect("complete");
             assert_eq!((resp.plan.framing, resp.plan.keep_alive), (Framing::Length(2), true));
             let mut out = Vec::new();
-            resp.write_forwarded(Some("green"), false, &mut out);
+            resp.write_forwarded(Some("green"), &SetCookies::default(), false, &mut out);
             assert_eq!(
                 String::from_utf8_lossy(&out),
                 "HTTP/1.1 200 OK\r\nDate: x\r\nContent-Length: 2\r\nvia: 1.1 cutover\r\n\
@@ -537,7 +545,7 @@ mod tests {
                 .expect("valid")
                 .expect("complete");
             let mut out = Vec::new();
-            resp.write_forwarded(None, false, &mut out);
+            resp.write_forwarded(None, &SetCookies::default(), false, &mut out);
             let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
             assert_eq!(text.matches("content-length: 5").count(), 1, "{text}");
         }

@@ -56,6 +56,7 @@ pub struct GateBackend {
 /// The first probe of the checkers one [`Checkers::sync`] started: start-up is complete
 /// when each backend has been checked once, so the first traffic goes only to backends
 /// known to be up.
+#[derive(Clone)]
 pub struct FirstRound {
     /// A permit per checker that has finished its first probe.
     done: Arc<Semaphore>,

@@ -22,6 +22,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 use crate::access_log::AccessLog;
 use crate::color::Color;
+use crate::routing::Why;
 use crate::rules::request::{REASONS, Reject};
 use crate::snapshot::Snapshot;
 use crate::stats::Stats;
@@ -110,7 +111,13 @@ pub struct Telemetry {
     certificate_reloads: [Counter; 2],
     /// `cutover_config_reloads_total` by result: ok, then error.
     reloads: [Counter; 2],
+    /// Requests routed off the plain live path, by [`ROUTED`] reason (canary, forced,
+    /// pinned): kept as atomics so `/status` can show them too.
+    routed: [AtomicU64; 3],
 }
+
+/// The reasons in `cutover_routed_requests_total{by}`, in [`Telemetry::routed`] order.
+pub const ROUTED: [&str; 3] = ["canary", "forced", "pinned"];
 
 fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
     let labels: Vec<Label> = labels.iter().map(|&(k, v)| Label::new(k, v)).collect();
@@ -189,7 +196,25 @@ impl Telemetry {
             access_log,
             access_dropped,
             reloads,
+            routed: Default::default(),
         }
+    }
+
+    /// One request routed by something other than the live colour alone.
+    #[inline]
+    pub fn routed(&self, why: Why) {
+        let i = match why {
+            Why::Live => return,
+            Why::Canary => 0,
+            Why::Forced => 1,
+            Why::Pinned => 2,
+        };
+        self.routed[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests routed by canary, forced rule and pin since start.
+    pub fn routed_counts(&self) -> [u64; 3] {
+        self.routed.each_ref().map(|c| c.load(Ordering::Relaxed))
     }
 
     pub fn enabled(&self) -> bool {
@@ -290,6 +315,22 @@ impl Telemetry {
             }
         }
         gauge("cutover_routing_generation", &[]).set(snapshot.generation as f64);
+        for color in Color::ALL {
+            let weight = snapshot
+                .canary
+                .filter(|c| c.color == color)
+                .map_or(0, |c| c.weight);
+            gauge(
+                "cutover_canary_weight_basis_points",
+                &[("color", color.as_str())],
+            )
+            .set(f64::from(weight));
+        }
+        for (by, count) in ROUTED.iter().zip(self.routed_counts()) {
+            self.recorder
+                .register_counter(&key("cutover_routed_requests_total", &[("by", by)]), &META)
+                .absolute(count);
+        }
         let mut text = self.handle.render();
         let _ = writeln!(text, "# HELP {DURATION_NAME} {DURATION_HELP}");
         let _ = writeln!(text, "# TYPE {DURATION_NAME} histogram");
@@ -337,7 +378,19 @@ impl DurationHistogram {
 }
 
 fn describe(r: &PrometheusRecorder) {
-    let help: [(&str, Option<Unit>, &str, bool); 18] = [
+    let help: [(&str, Option<Unit>, &str, bool); 20] = [
+        (
+            "cutover_routed_requests_total",
+            None,
+            "Requests sent somewhere other than by the live colour alone, by what decided: canary (the sticky bucket fell under the canary weight), forced (a [[routing.force]] rule), pinned (the session's pin).",
+            true,
+        ),
+        (
+            "cutover_canary_weight_basis_points",
+            None,
+            "The canary share of each colour in basis points (0 to 10000); 0 when it gets no canary traffic.",
+            false,
+        ),
         (
             "cutover_tls_handshake_failures_total",
             None,

@@ -230,7 +230,9 @@ impl Reloader {
             .map_err(|e| ReloadError::Task(e.to_string()))??;
         let (old, new) = self
             .switchboard
-            .reconfigure(|current| build_pools(&config, current))
+            .reconfigure(config.routing.clone(), |current| {
+                build_pools(&config, current)
+            })
             .await?;
         let current = self.settings.load_full();
         self.settings.store(Arc::new(Settings::build(

@@ -22,6 +22,7 @@ use crate::listener;
 use crate::metrics::Telemetry;
 use crate::pool::Pool;
 use crate::reload::{FileWatch, Reloader};
+use crate::rollout::Rollouts;
 use crate::sd_notify;
 use crate::settings::{self, Settings};
 use crate::snapshot::Snapshot;
@@ -110,9 +111,16 @@ impl Server {
         };
         let snapshot = Snapshot {
             generation: state.generation,
-            live: state.live,
             previous: state.previous,
-            pools: [pool(Color::Blue)?, pool(Color::Green)?],
+            canary: state
+                .canary
+                .filter(|c| c.color != state.live && c.weight > 0),
+            pins_from: state.pins_from,
+            ..Snapshot::new(
+                state.live,
+                [pool(Color::Blue)?, pool(Color::Green)?],
+                config.routing.clone(),
+            )
         };
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let upstreams = Arc::new(Upstreams::new(&config.upstream, Arc::clone(&snapshot)));
@@ -132,6 +140,8 @@ impl Server {
             Arc::clone(&tracker),
             config.state_file.clone(),
             report,
+            (state.rollout, state.history),
+            config.rollout.history,
         ));
         // Passed sockets (socket activation) first; whatever is not passed is bound.
         let mut wanted: Vec<activation::Endpoint> = config
@@ -178,7 +188,9 @@ impl Server {
             Arc::clone(&access),
             certificates.clone(),
         ));
+        let rollouts = Rollouts::new(Arc::clone(&switchboard), config.rollout.clone());
         let admin = Arc::new(Admin {
+            rollouts,
             switchboard,
             tracker: Arc::clone(&tracker),
             access,
@@ -265,6 +277,7 @@ impl Server {
         let first_round = self.reloader.start_checkers().await;
         // READY=1 (and STATUS=, WATCHDOG=1) for a service manager, when one listens.
         let switchboard = Arc::clone(&self.admin.switchboard);
+        background.spawn(Arc::clone(&self.admin.rollouts).drive(first_round.clone().wait()));
         background.spawn(sd_notify::supervise(first_round.wait(), move || {
             let snap = switchboard.snapshot();
             format!("live {}, generation {}", snap.live, snap.generation)
@@ -372,11 +385,7 @@ fn serving(config: &Config, sockets: Vec<TcpListener>) -> Result<Vec<listener::B
 /// The routing state to start from: the state file when it is present and valid,
 /// otherwise `routing.live` at generation 1.
 fn initial_state(config: &Config) -> (switchboard::PersistedState, StateReport) {
-    let fresh = switchboard::PersistedState {
-        live: config.initial_live,
-        previous: None,
-        generation: 1,
-    };
+    let fresh = switchboard::PersistedState::fresh(config.initial_live);
     let mut report = StateReport {
         path: config.state_file.clone(),
         restored: false,

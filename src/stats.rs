@@ -148,6 +148,46 @@ impl Stats {
     }
 }
 
+/// One finished second of one colour, as the rollout driver adds it up.
+pub struct Second {
+    pub requests: u64,
+    pub errors: u64,
+    /// Latencies in µs.
+    pub latency: Histogram<u32>,
+}
+
+impl Stats {
+    /// The current second since the process epoch, as [`Stats::second`] counts them.
+    pub fn now_second() -> u64 {
+        epoch_ms() / 1000
+    }
+
+    /// What `color` recorded in second `s`, while it is still in the ring (the last
+    /// minute); `None` when the slot has moved on or nothing was recorded.
+    pub fn second(&self, color: Color, s: u64) -> Option<Second> {
+        let slot = &self.colors[color.index()].slots[(s % SLOTS as u64) as usize];
+        if slot.second.load(Ordering::Acquire) != s {
+            return None;
+        }
+        let mut latency = new_histogram();
+        for shard in &slot.latency {
+            if let Ok(h) = shard.lock() {
+                let _ = latency.add(&*h);
+            }
+        }
+        Some(Second {
+            requests: slot.requests.load(Ordering::Relaxed),
+            errors: slot.errors.load(Ordering::Relaxed),
+            latency,
+        })
+    }
+}
+
+/// An empty latency histogram with the bounds the stats use.
+pub fn histogram() -> Histogram<u32> {
+    new_histogram()
+}
+
 // === impl Ring ===
 
 impl Ring {

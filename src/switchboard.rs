@@ -1,4 +1,5 @@
-//! The only writer of the routing snapshot. Every change (switch, rollback) is:
+//! The only writer of the routing snapshot. Every change (switch, rollback, canary,
+//! a rollout's steps) is:
 //! compare the generation → build the next snapshot → persist it (temp file, fsync,
 //! rename, fsync the directory) → swap the pointer → write one audit line. Writers are
 //! serialised by one async mutex, so two racing deploy scripts cannot both win, and a
@@ -15,20 +16,69 @@ use crate::color::Color;
 use crate::drain::Tracker;
 use crate::error::SwitchError;
 use crate::health::{self, GateReport};
-use crate::pool::Pool;
-use crate::snapshot::Snapshot;
+use crate::history::{Event, History};
+use crate::pool::{Pool, epoch_ms};
+use crate::routing::Routing;
+use crate::snapshot::{Canary, Snapshot};
 
 /// The part of the routing state that survives a restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PersistedState {
-    /// The colour that gets all traffic.
+    /// The colour that gets all traffic but the canary's share.
     pub live: Color,
     /// The colour a rollback returns to; `None` before the first switch.
     pub previous: Option<Color>,
     /// The routing generation, kept so that callers' compare-and-swap still holds
     /// across a restart.
     pub generation: u64,
+    /// The canary split, when one is on.
+    #[serde(default)]
+    pub canary: Option<Canary>,
+    /// Pins issued before this Unix second are ignored (the last rollback).
+    #[serde(default)]
+    pub pins_from: u64,
+    /// The running or last rollout, as the rollout driver records it (opaque here).
+    #[serde(default)]
+    pub rollout: Option<serde_json::Value>,
+    /// The last events, for `/history`.
+    #[serde(default)]
+    pub history: Vec<Event>,
+}
+
+impl PersistedState {
+    /// The state of a first start: `live` at generation 1, nothing else.
+    pub fn fresh(live: Color) -> PersistedState {
+        PersistedState {
+            live,
+            previous: None,
+            generation: 1,
+            canary: None,
+            pins_from: 0,
+            rollout: None,
+            history: Vec::new(),
+        }
+    }
+}
+
+/// What a change records beside the snapshot: its history event and, for the rollout
+/// driver, the new rollout record (`Some(None)` clears it).
+#[derive(Debug, Default)]
+pub struct Note {
+    /// Why, for the audit line and `/history`.
+    pub reason: String,
+    /// The rollout the change belongs to.
+    pub rollout_id: Option<u64>,
+    /// Replaces the persisted rollout record when set.
+    pub rollout: Option<Option<serde_json::Value>>,
+}
+
+/// The persisted records beside the snapshot.
+struct Book {
+    /// The rollout driver's record.
+    rollout: Option<serde_json::Value>,
+    /// The last events.
+    history: History,
 }
 
 /// What happened to the state file at start-up; shown on `/status`.
@@ -94,6 +144,19 @@ pub struct SwitchRequest {
     pub force: bool,
 }
 
+/// A canary request as the admin API or a rollout step gives it.
+#[derive(Debug, Clone, Copy)]
+pub struct CanaryRequest {
+    /// The colour that gets the share; must not be the live one.
+    pub color: Color,
+    /// Basis points, 0 (off) to 10000.
+    pub weight: u16,
+    /// As for a switch.
+    pub expect_generation: Option<u64>,
+    /// Skip the gate on `color`'s pool.
+    pub force: bool,
+}
+
 pub struct Switchboard {
     /// The one routing pointer the proxy reads per request.
     snapshot: Arc<ArcSwap<Snapshot>>,
@@ -105,16 +168,22 @@ pub struct Switchboard {
     write: Mutex<()>,
     /// What happened to the state file at start-up; shown on `/status`.
     report: StateReport,
+    /// The rollout record and the history, persisted with each change.
+    book: std::sync::Mutex<Book>,
 }
 
 // === impl Switchboard ===
 
 impl Switchboard {
+    /// `restored` gives the persisted rollout record and history (the snapshot already
+    /// holds the rest); `history` is how many events are kept.
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         tracker: Arc<Tracker>,
         state_file: Option<PathBuf>,
         report: StateReport,
+        restored: (Option<serde_json::Value>, Vec<Event>),
+        history: usize,
     ) -> Self {
         Switchboard {
             snapshot,
@@ -122,7 +191,28 @@ impl Switchboard {
             state_file,
             write: Mutex::new(()),
             report,
+            book: std::sync::Mutex::new(Book {
+                rollout: restored.0,
+                history: History::new(restored.1, history),
+            }),
         }
+    }
+
+    pub fn tracker(&self) -> &Arc<Tracker> {
+        &self.tracker
+    }
+
+    /// The last events, oldest first.
+    pub fn history(&self) -> Vec<Event> {
+        self.book
+            .lock()
+            .map(|b| b.history.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The rollout record as last persisted.
+    pub fn rollout_record(&self) -> Option<serde_json::Value> {
+        self.book.lock().ok().and_then(|b| b.rollout.clone())
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -134,11 +224,35 @@ impl Switchboard {
     }
 
     /// Makes `req.to` live, if `expect_generation` (when given) is still current and the
-    /// target pool passes the gate (unless forced).
+    /// target pool passes the gate (unless forced). A canary is cleared.
     pub async fn switch(&self, req: SwitchRequest, caller: Caller) -> Result<Change, SwitchError> {
-        self.change("switch", req.expect_generation, req.force, caller, |cur| {
-            gated_target(cur, req)
-        })
+        self.switch_noted("switch", req, caller, Note::default())
+            .await
+    }
+
+    /// A switch recorded as `action` with `note` (a rollout's promotion).
+    pub async fn switch_noted(
+        &self,
+        action: &'static str,
+        req: SwitchRequest,
+        caller: Caller,
+        note: Note,
+    ) -> Result<Change, SwitchError> {
+        let drain = self.tracker.timeout;
+        self.change(
+            action,
+            req.expect_generation,
+            req.force,
+            caller,
+            note,
+            |cur| {
+                let to = gated_target(cur, req)?;
+                Ok((to != cur.live).then(|| {
+                    let until = epoch_ms().saturating_add(drain.as_millis() as u64);
+                    cur.switched(to, until)
+                }))
+            },
+        )
         .await
     }
 
@@ -162,39 +276,144 @@ impl Switchboard {
         (plan, refusal)
     }
 
-    /// Makes the previously live colour live again. No gate or wait stands in its way.
+    /// The way back, with no gate or wait in its way: with a canary on, the canary is
+    /// cleared (the live colour keeps all traffic); otherwise the previously live colour
+    /// is live again. Either way every session pin issued until now is ignored.
     pub async fn rollback(
         &self,
         expect_generation: Option<u64>,
         caller: Caller,
     ) -> Result<Change, SwitchError> {
-        self.change("rollback", expect_generation, false, caller, |cur| {
-            cur.previous.ok_or(SwitchError::NoPrevious)
+        self.rollback_noted(expect_generation, caller, Note::default())
+            .await
+    }
+
+    /// A rollback recorded with `note` (a rollout's breach or abort).
+    pub async fn rollback_noted(
+        &self,
+        expect_generation: Option<u64>,
+        caller: Caller,
+        note: Note,
+    ) -> Result<Change, SwitchError> {
+        let drain = self.tracker.timeout;
+        self.change("rollback", expect_generation, false, caller, note, |cur| {
+            let pins_from = epoch_ms() / 1000 + 1;
+            if cur.canary.is_some() {
+                return Ok(Some(Snapshot {
+                    pins_from,
+                    ..cur.with_canary(None)
+                }));
+            }
+            let to = cur.previous.ok_or(SwitchError::NoPrevious)?;
+            let until = epoch_ms().saturating_add(drain.as_millis() as u64);
+            Ok(Some(Snapshot {
+                pins_from,
+                // A rollback overrides pins: none to the colour left is honoured.
+                pin_drain_until_ms: 0,
+                ..cur.switched(to, until)
+            }))
         })
         .await
     }
 
-    /// Replaces the pools (a config reload), keeping the live colour, the previous one
-    /// and the generation: routing belongs to the state file, and a reload is not a
-    /// routing change, so callers' `expect_generation` still holds across it (a switch
-    /// judges the gate on the pools current when it runs). `build` gets the current
-    /// snapshot, to reuse its backends; when it fails nothing is swapped. Serialised
-    /// with switches, so neither undoes the other. Returns the snapshots before and
-    /// after.
+    /// Sets (or with weight 0 clears) the canary split. Gated like a switch on the
+    /// canary colour's pool, unless forced or clearing.
+    pub async fn canary(
+        &self,
+        req: CanaryRequest,
+        caller: Caller,
+        note: Note,
+    ) -> Result<Change, SwitchError> {
+        self.change(
+            "canary",
+            req.expect_generation,
+            req.force,
+            caller,
+            note,
+            |cur| canary_next(cur, req).map(Some),
+        )
+        .await
+    }
+
+    /// What `canary` would get now: the gate on the colour's pool and the refusal, if
+    /// any.
+    pub fn canary_plan(&self, req: CanaryRequest) -> (GateReport, Option<SwitchError>) {
+        let cur = self.snapshot.load_full();
+        let gate = health::gate(cur.pool(req.color));
+        let refusal = check_generation(&cur, req.expect_generation)
+            .and_then(|()| canary_next(&cur, req))
+            .err();
+        (gate, refusal)
+    }
+
+    /// Records an event that changes no routing (a rollout's verdict, pause, approval),
+    /// with the rollout record; persisted best-effort: a write that fails is logged and
+    /// kept in memory, to be written with the next change.
+    pub async fn record(&self, action: &str, caller: Caller, note: Note) {
+        let _writer = self.write.lock().await;
+        let current = self.snapshot.load_full();
+        let state = self.stage(&current, action, caller, &note);
+        if let Some(path) = &self.state_file
+            && let Err(e) = persist(path.clone(), state.clone()).await
+        {
+            tracing::warn!(path = %path.display(), error = %e, action, "could not persist a rollout event; kept in memory");
+        }
+        self.commit_book(state);
+        tracing::info!(target: "cutover::audit", action, uid = caller.uid, generation = current.generation, reason = %note.reason, "rollout event");
+    }
+
+    /// Replaces the pools (a config reload) and the routing rules, keeping the live
+    /// colour, the canary, the previous one and the generation: routing belongs to the
+    /// state file, and a reload is not a routing change, so callers'
+    /// `expect_generation` still holds across it (a switch judges the gate on the pools
+    /// current when it runs). `build` gets the current snapshot, to reuse its backends;
+    /// when it fails nothing is swapped. Serialised with switches, so neither undoes the
+    /// other. Returns the snapshots before and after.
     pub async fn reconfigure<E>(
         &self,
+        routing: Routing,
         build: impl FnOnce(&Snapshot) -> Result<[Arc<Pool>; 2], E>,
     ) -> Result<(Arc<Snapshot>, Arc<Snapshot>), E> {
         let _writer = self.write.lock().await;
         let current = self.snapshot.load_full();
         let next = Arc::new(Snapshot {
-            generation: current.generation,
-            live: current.live,
-            previous: current.previous,
             pools: build(&current)?,
+            routing: Arc::new(routing),
+            ..current.clone_routing()
         });
         self.snapshot.store(Arc::clone(&next));
         Ok((current, next))
+    }
+
+    /// The state to persist after `next`, with this change's event and record.
+    fn stage(&self, next: &Snapshot, action: &str, caller: Caller, note: &Note) -> PersistedState {
+        let (mut rollout, mut history) = match self.book.lock() {
+            Ok(b) => (b.rollout.clone(), b.history.clone()),
+            Err(_) => (None, History::new(Vec::new(), 1)),
+        };
+        if let Some(record) = &note.rollout {
+            rollout = record.clone();
+        }
+        let mut event = Event::now(action, caller.uid, next.generation, note.reason.clone());
+        event.rollout = note.rollout_id;
+        history.push(event);
+        PersistedState {
+            live: next.live,
+            previous: next.previous,
+            generation: next.generation,
+            canary: next.canary,
+            pins_from: next.pins_from,
+            rollout,
+            history: history.to_vec(),
+        }
+    }
+
+    fn commit_book(&self, state: PersistedState) {
+        if let Ok(mut b) = self.book.lock() {
+            let limit = b.history.limit();
+            b.rollout = state.rollout;
+            b.history = History::new(state.history, limit);
+        }
     }
 
     async fn change(
@@ -203,50 +422,50 @@ impl Switchboard {
         expect_generation: Option<u64>,
         forced: bool,
         caller: Caller,
-        target: impl FnOnce(&Snapshot) -> Result<Color, SwitchError>,
+        note: Note,
+        next: impl FnOnce(&Snapshot) -> Result<Option<Snapshot>, SwitchError>,
     ) -> Result<Change, SwitchError> {
         let _writer = self.write.lock().await;
         let current = self.snapshot.load_full();
         check_generation(&current, expect_generation)?;
-        let to = target(&current)?;
-        if to == current.live {
+        let Some(next) = next(&current)? else {
             return Ok(Change {
                 from: current.live,
-                to,
+                to: current.live,
                 generation: current.generation,
                 changed: false,
             });
-        }
-        let next = current.switched(to);
+        };
+        let state = self.stage(&next, action, caller, &note);
         if let Some(path) = &self.state_file {
-            let state = PersistedState {
-                live: next.live,
-                previous: next.previous,
-                generation: next.generation,
-            };
-            persist(path.clone(), state)
+            persist(path.clone(), state.clone())
                 .await
                 .map_err(|source| SwitchError::Persist {
                     path: path.display().to_string(),
                     source,
                 })?;
         }
-        let generation = next.generation;
+        self.commit_book(state);
+        let (generation, to, canary) = (next.generation, next.live, next.canary);
         self.snapshot.store(Arc::new(next));
-        self.tracker.abort_drain(to);
-        self.tracker
-            .telemetry()
-            .switched(action == "rollback", forced);
-        self.tracker.begin_drain(current.live);
+        if to != current.live {
+            self.tracker.abort_drain(to);
+            self.tracker
+                .telemetry()
+                .switched(action == "rollback", forced);
+            self.tracker.begin_drain(current.live);
+        }
         tracing::info!(
             target: "cutover::audit",
             action,
             uid = caller.uid,
             from = %current.live,
             to = %to,
+            canary = ?canary,
             old_generation = current.generation,
             generation,
             forced,
+            reason = %note.reason,
             "routing changed"
         );
         Ok(Change {
@@ -256,6 +475,30 @@ impl Switchboard {
             changed: true,
         })
     }
+}
+
+/// The snapshot after a canary request, if the request is sound and the gate lets it
+/// through (clearing needs no gate).
+fn canary_next(cur: &Snapshot, req: CanaryRequest) -> Result<Snapshot, SwitchError> {
+    if req.weight == 0 {
+        return Ok(cur.with_canary(None));
+    }
+    if req.color == cur.live {
+        return Err(SwitchError::CanaryIsLive { color: req.color });
+    }
+    if !req.force {
+        let report = health::gate(cur.pool(req.color));
+        if !report.passed {
+            return Err(SwitchError::Gate {
+                to: req.color,
+                report,
+            });
+        }
+    }
+    Ok(cur.with_canary(Some(Canary {
+        color: req.color,
+        weight: req.weight.min(crate::routing::BUCKETS),
+    })))
 }
 
 /// The compare half of compare-and-swap: the caller's view must still be current.

@@ -76,12 +76,11 @@ mod api {
         let pool = |color: Color| {
             Arc::new(Pool::build(&config.pools[color.index()], &[]).expect("valid backends"))
         };
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
-            generation: 1,
-            live: config.initial_live,
-            previous: None,
-            pools: [pool(Color::Blue), pool(Color::Green)],
-        }));
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::new(
+            config.initial_live,
+            [pool(Color::Blue), pool(Color::Green)],
+            config.routing.clone(),
+        )));
         let upstreams = Arc::new(Upstreams::new(&config.upstream, Arc::clone(&snapshot)));
         let tracker = Arc::new(Tracker::new(
             config.drain_timeout,
@@ -103,6 +102,8 @@ mod api {
             Arc::clone(&tracker),
             None,
             report,
+            (None, Vec::new()),
+            config.rollout.history,
         ));
         let access: Arc<ArcSwap<cutover::config::Access>> = Arc::default();
         // No file: a fuzzed POST /reload gets the "nothing to reload" answer.
@@ -115,6 +116,10 @@ mod api {
             Vec::new(),
         ));
         Api(Admin {
+            rollouts: cutover::rollout::Rollouts::new(
+                Arc::clone(&switchboard),
+                config.rollout.clone(),
+            ),
             switchboard,
             tracker,
             access,

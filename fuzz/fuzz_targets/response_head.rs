@@ -37,7 +37,7 @@ fn forwarded(
         F::Close => Framing::Close,
     };
     let mut out = Vec::new();
-    resp.write_forwarded(color, close, &mut out);
+    resp.write_forwarded(color, &cutover::routing::SetCookies::default(), close, &mut out);
     Some((resp.code, framing, out))
 }
 

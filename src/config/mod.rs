@@ -14,9 +14,11 @@ use crate::upstream_tls::TlsClient;
 mod backend_tls;
 mod listeners;
 mod raw;
+mod routing;
 mod validate;
 
 pub use listeners::{CertFiles, DEFAULT_HANDSHAKE_TIMEOUT, Endpoint, SniCert, TlsConfig};
+pub use routing::{DEFAULT_STEP, RolloutConfig};
 
 /// A validated configuration; every field has been checked.
 #[derive(Debug, Clone)]
@@ -48,6 +50,10 @@ pub struct Config {
     pub color_header: bool,
     /// The rulebook's settings: `[limits]` on heads, `[http]`, `[forwarded]`.
     pub policy: Policy,
+    /// Forced routes, the canary bucket key and session pinning (`[routing]`).
+    pub routing: crate::routing::Routing,
+    /// Staged rollout defaults, external gates and history (`[rollout]`).
+    pub rollout: RolloutConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -338,6 +344,8 @@ impl Config {
             access_log: None,
             color_header: true,
             policy: Policy::default(),
+            routing: crate::routing::Routing::default(),
+            rollout: RolloutConfig::default(),
         }
     }
 }

@@ -48,6 +48,9 @@ pub(super) struct RawConfig {
     /// `[forwarded]`: the peers whose X-Forwarded-For is extended.
     #[serde(default)]
     pub(super) forwarded: RawForwarded,
+    /// `[rollout]`: defaults of staged rollouts, their external gates and history.
+    #[serde(default)]
+    pub(super) rollout: RawRollout,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +259,64 @@ pub(super) struct RawRouting {
     /// Add `x-cutover-color` to responses (default off).
     #[serde(default)]
     pub(super) color_header: bool,
+    /// `[routing.bucket]`: what a canary split's sticky bucket is computed from.
+    #[serde(default)]
+    pub(super) bucket: Option<RawBucket>,
+    /// `[routing.pinning]`: keep each session on the colour it started on.
+    #[serde(default)]
+    pub(super) pinning: Option<RawPinning>,
+    /// `[[routing.force]]`: requests sent to a colour before any split.
+    #[serde(default)]
+    pub(super) force: Vec<RawForce>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBucket {
+    /// `"cookie"` (default; cutover's own `cutover-bucket`), `"header"` or `"address"`.
+    pub(super) by: String,
+    /// The header's name, with `by = "header"`.
+    pub(super) header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPinning {
+    /// How long a session stays on the colour it started on, e.g. `"30m"`.
+    pub(super) ttl: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawForce {
+    /// The colour matching requests go to.
+    pub(super) to: String,
+    /// Match on this header (one of `header`, `cookie`, `client`).
+    pub(super) header: Option<String>,
+    /// Match on this cookie.
+    pub(super) cookie: Option<String>,
+    /// Match on client address ranges (CIDR).
+    pub(super) client: Option<Vec<String>>,
+    /// With `header` or `cookie`: the exact value; any value when absent.
+    pub(super) equals: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRollout {
+    /// Duration of a step given as a bare percentage (default `5m`).
+    pub(super) step_duration: Option<String>,
+    /// `"resume"` (default) or `"abort"`: what a rollout found in the state file at
+    /// start does.
+    pub(super) on_restart: Option<String>,
+    /// URLs POSTed the rollout state before each step and before promotion; a non-2xx
+    /// answer halts it.
+    #[serde(default)]
+    pub(super) webhooks: Vec<String>,
+    /// The Prometheus server query gates are evaluated on, e.g. `"http://127.0.0.1:9090"`.
+    pub(super) prometheus: Option<String>,
+    /// Events kept in `/history` (default 200).
+    pub(super) history: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -168,6 +168,8 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
         DEFAULT_BODY_TIMEOUT,
     );
     let endpoints = listeners::endpoints(&raw.listen, address.ok(), problems);
+    let routing_rules = super::routing::routing(&raw.routing, problems);
+    let rollout = super::routing::rollout(&raw.rollout, problems);
     Some(Config {
         listen: ListenConfig {
             address: address.ok()?,
@@ -227,6 +229,8 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
         access_log: raw.access_log.map(|a| a.path),
         color_header: raw.routing.color_header,
         policy,
+        routing: routing_rules,
+        rollout,
     })
 }
 

@@ -16,6 +16,7 @@ use crate::drain::{CUT_CHECK, InFlight};
 use crate::error::ProxyError;
 use crate::headers::{self, ClientBody};
 use crate::metrics::ErrorKind;
+use crate::routing::SetCookies;
 use crate::rules::Limits;
 use crate::rules::request::Reject;
 use crate::rules::response::{self, BadResponse};
@@ -65,6 +66,7 @@ fn response_head(
     parts: &mut http::response::Parts,
     color: Color,
     color_header: bool,
+    cookies: SetCookies,
     limits: &Limits,
 ) -> Result<(), BadResponse> {
     let headers = {
@@ -98,6 +100,13 @@ fn response_head(
                 X_CUTOVER_COLOR.clone(),
                 HeaderValue::from_static(color.as_str()),
             );
+        }
+        if !cookies.is_empty() {
+            for value in cookies.values() {
+                if let Ok(value) = HeaderValue::try_from(value) {
+                    headers.append(header::SET_COOKIE, value);
+                }
+            }
         }
         headers
     };
@@ -214,7 +223,9 @@ impl Sent {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             let accepted = resp.headers().get(header::UPGRADE).cloned();
             let (mut parts, _) = resp.into_parts();
-            if let Err(bad) = response_head(&mut parts, color, color_header, &limits) {
+            if let Err(bad) =
+                response_head(&mut parts, color, color_header, in_flight.cookies, &limits)
+            {
                 return bad_response(&mut in_flight, bad, peer);
             }
             in_flight.backend().record(true);
@@ -228,7 +239,8 @@ impl Sent {
             return Response::from_parts(parts, ProxyBody::Local(None));
         }
         let (mut parts, body) = resp.into_parts();
-        if let Err(bad) = response_head(&mut parts, color, color_header, &limits) {
+        if let Err(bad) = response_head(&mut parts, color, color_header, in_flight.cookies, &limits)
+        {
             // The connection is dropped with the body: not reused.
             return bad_response(&mut in_flight, bad, peer);
         }

@@ -95,7 +95,7 @@ impl Proxy {
                 }
             };
             let in_flight = self
-                .start(&parts, peer, |parts| {
+                .start(&parts, client, |parts| {
                     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                     (parts.method.clone(), target.to_owned())
                 })

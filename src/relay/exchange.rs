@@ -186,7 +186,7 @@ async fn response_head<C: ClientIo>(
                     keep_alive: resp.plan.keep_alive && !cut_short,
                 };
                 let close = ex.close || head.framing == Framing::Close;
-                resp.write_forwarded(color, close, &mut c.out);
+                resp.write_forwarded(color, &ex.in_flight.cookies, close, &mut c.out);
                 c.up.advance(head_len);
                 return Ok(head);
             }

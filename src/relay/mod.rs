@@ -364,7 +364,7 @@ fn begin(
     out: &mut Vec<u8>,
 ) -> Result<Exchange, bool> {
     out.clear();
-    let started = proxy.start(req, peer.addr, |req| {
+    let started = proxy.start(req, peer, |req| {
         let method = http::Method::from_bytes(req.method.as_bytes()).unwrap_or_default();
         (method, req.target.to_owned())
     });

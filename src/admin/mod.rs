@@ -24,8 +24,11 @@ use crate::config::Access;
 use crate::drain::Tracker;
 use crate::error::{AdminError, SwitchError};
 use crate::reload::{ReloadReport, Reloader, Trigger};
-use crate::snapshot::Snapshot;
+use crate::rollout::{RolloutBrief, Rollouts};
+use crate::snapshot::{Canary, Snapshot};
 use crate::stats::Window;
+
+mod rollout;
 use crate::switchboard::{Caller, StateReport, SwitchRequest, Switchboard};
 
 /// What the admin handlers share.
@@ -42,6 +45,8 @@ pub struct Admin {
     /// Applies the config file again, for `POST /reload`; its last result is on
     /// `/status`.
     pub reloader: Arc<Reloader>,
+    /// The staged rollout driver, for `/rollout*`.
+    pub rollouts: Arc<Rollouts>,
 }
 
 /// Largest request body the admin API reads.
@@ -92,6 +97,42 @@ pub struct Status {
     /// the first.
     #[serde(default)]
     pub last_reload: Option<ReloadReport>,
+    /// The canary split, when one is on.
+    #[serde(default)]
+    pub canary: Option<CanaryView>,
+    /// Requests routed by a canary bucket, a forced rule or a session pin since start.
+    #[serde(default)]
+    pub routed: Routed,
+    /// The active or last rollout in brief; `GET /rollout` has all of it.
+    #[serde(default)]
+    pub rollout: Option<RolloutBrief>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryView {
+    /// The colour that gets the share.
+    pub color: Color,
+    /// The share in percent.
+    pub percent: f64,
+    /// The share in basis points (what buckets are compared with).
+    pub weight: u16,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Routed {
+    pub canary: u64,
+    pub forced: u64,
+    pub pinned: u64,
+}
+
+impl From<Canary> for CanaryView {
+    fn from(c: Canary) -> CanaryView {
+        CanaryView {
+            color: c.color,
+            percent: f64::from(c.weight) / 100.0,
+            weight: c.weight,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -231,18 +272,22 @@ impl Admin {
         caller: Caller,
     ) -> Result<Response<Full<Bytes>>, AdminError> {
         let allow = match path {
-            "/status" | "/metrics" => "GET",
-            "/switch" | "/rollback" | "/reload" => "POST",
+            "/status" | "/metrics" | "/history" | "/rollout/report" => "GET",
+            "/rollout" => "GET, POST",
+            "/switch" | "/rollback" | "/reload" | "/canary" | "/rollout/pause"
+            | "/rollout/resume" | "/rollout/abort" | "/rollout/promote" => "POST",
             other => return Err(AdminError::NotFound(other.to_owned())),
         };
-        if method.as_str() != allow && !(allow == "GET" && method == Method::HEAD) {
+        let allowed = allow.split(", ").any(|m| m == method.as_str())
+            || (allow.starts_with("GET") && method == Method::HEAD);
+        if !allowed {
             return Err(AdminError::MethodNotAllowed {
                 method: method.to_string(),
                 path: path.to_owned(),
                 allow,
             });
         }
-        let control = allow == "POST";
+        let control = method == Method::POST;
         if !self.access.load().admits(control, caller.uid, caller.gid) {
             let level = if control { "control" } else { "read" };
             tracing::warn!(uid = caller.uid, gid = caller.gid, %path, level, "admin request forbidden");
@@ -252,6 +297,9 @@ impl Admin {
                     .map_or_else(|| "unknown".to_owned(), |u| u.to_string()),
                 level,
             });
+        }
+        if path.starts_with("/rollout") || path == "/canary" || path == "/history" {
+            return self.route_rollout(method, path, body, caller).await;
         }
         match path {
             "/status" => Ok(json(StatusCode::OK, &self.status(None))),
@@ -337,6 +385,16 @@ impl Admin {
                 error: report.error.clone(),
             },
             last_reload: self.reloader.last(),
+            canary: snap.canary.map(CanaryView::from),
+            routed: {
+                let [canary, forced, pinned] = self.tracker.telemetry().routed_counts();
+                Routed {
+                    canary,
+                    forced,
+                    pinned,
+                }
+            },
+            rollout: self.rollouts.brief(),
         }
     }
 

@@ -1,0 +1,191 @@
+//! Canary splits, forced routes and staged rollouts over real sockets.
+
+mod support;
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use support::{Conn, Proxy, backend, request};
+
+/// The colour that answers a GET carrying `header: value` on `conn`.
+async fn colour_for(conn: &mut Conn, header: &str, value: &str) -> String {
+    let mut req = request(Method::GET, "/", "");
+    req.headers_mut().insert(
+        header.parse::<http::HeaderName>().expect("name"),
+        value.parse().expect("value"),
+    );
+    conn.send(req).await.expect("answer").text().to_owned()
+}
+
+async fn canary(proxy: &Proxy, percent: f64) {
+    let (status, body) = proxy
+        .admin(
+            Method::POST,
+            "/canary",
+            &format!("{{\"color\":\"green\",\"percent\":{percent}}}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_percent_canary_splits_distinct_keys_within_a_percent_and_keeps_each_key_sticky_and_monotonic()
+ {
+    let proxy = Proxy::start(
+        &[backend("blue").await],
+        &[backend("green").await],
+        "[routing.bucket]\nby = \"header\"\nheader = \"x-user\"\n",
+    )
+    .await;
+    canary(&proxy, 10.0).await;
+    let status = proxy.status().await;
+    assert_eq!(status["canary"]["weight"], 1000, "{status}");
+    let mut conn = Conn::open(proxy.addr).await;
+    let mut green_at_10 = Vec::new();
+    for i in 0..20_000 {
+        if colour_for(&mut conn, "x-user", &format!("user-{i}")).await == "green" {
+            green_at_10.push(i);
+        }
+    }
+    let share = green_at_10.len() as f64 / 20_000.0;
+    assert!((0.09..=0.11).contains(&share), "green share {share}");
+    // One key always lands on the same colour.
+    for _ in 0..20 {
+        assert_eq!(
+            colour_for(&mut conn, "x-user", "user-7").await,
+            colour_for(&mut conn, "x-user", "user-7").await
+        );
+    }
+    canary(&proxy, 25.0).await;
+    for i in &green_at_10 {
+        assert_eq!(
+            colour_for(&mut conn, "x-user", &format!("user-{i}")).await,
+            "green",
+            "user-{i} left green at 25 %"
+        );
+    }
+    canary(&proxy, 0.0).await;
+    assert_eq!(colour_for(&mut conn, "x-user", "user-1").await, "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_header_sends_a_request_to_green_at_zero_percent_and_does_nothing_unconfigured() {
+    let blue = backend("blue").await;
+    let green = backend("green").await;
+    let forced = Proxy::start(
+        &[blue],
+        &[green],
+        "[[routing.force]]\nto = \"green\"\nheader = \"x-cutover-force\"\nequals = \"green\"\n",
+    )
+    .await;
+    let mut conn = Conn::open(forced.addr).await;
+    assert_eq!(
+        colour_for(&mut conn, "x-cutover-force", "green").await,
+        "green"
+    );
+    assert_eq!(
+        colour_for(&mut conn, "x-cutover-force", "blue").await,
+        "blue"
+    );
+    assert_eq!(forced.status().await["routed"]["forced"], 1);
+
+    let plain = Proxy::start(&[blue], &[green], "").await;
+    let mut conn = Conn::open(plain.addr).await;
+    assert_eq!(
+        colour_for(&mut conn, "x-cutover-force", "green").await,
+        "blue"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_bucket_is_set_on_the_first_answer_and_keeps_the_client_on_its_colour() {
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    canary(&proxy, 50.0).await;
+    let mut conn = Conn::open(proxy.addr).await;
+    let first = conn.get("/").await;
+    let cookie = first
+        .headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a bucket cookie")
+        .to_owned();
+    assert!(cookie.starts_with("cutover-bucket="), "{cookie}");
+    for _ in 0..20 {
+        let mut req = request(Method::GET, "/", "");
+        req.headers_mut()
+            .insert("cookie", cookie.parse().expect("cookie"));
+        let answer = conn.send(req).await.expect("answer");
+        assert_eq!(answer.text(), first.text());
+        assert!(answer.headers.get("set-cookie").is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_to_a_good_green_walks_every_step_under_load_and_promotes() {
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let addr = proxy.addr;
+    let load = tokio::spawn(async move {
+        let mut conn = Conn::open(addr).await;
+        loop {
+            let a = conn.get("/").await;
+            assert_eq!(a.status, StatusCode::OK);
+        }
+    });
+    let (status, body) = proxy
+        .admin(
+            Method::POST,
+            "/rollout",
+            r#"{"to":"green","steps":[{"percent":10,"duration":"1s"},50,100],"step_duration":"1s","gates":{"max_error_rate":0.01,"min_requests":5}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, r) = proxy.admin(Method::GET, "/rollout", "").await;
+        if r["state"] == "promoted" {
+            assert_eq!(r["steps"].as_array().map(Vec::len), Some(3), "{r}");
+            break;
+        }
+        assert!(r["state"] == "running", "{r}");
+        assert!(std::time::Instant::now() < deadline, "not promoted: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    load.abort();
+    let status = proxy.status().await;
+    assert_eq!(status["live"], "green");
+    assert!(status["canary"].is_null(), "{status}");
+    let (_, history) = proxy.admin(Method::GET, "/history", "").await;
+    let actions: Vec<&str> = history["events"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|e| e["action"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(actions.contains(&"rollout.promote"), "{actions:?}");
+    let (code, report) = support::admin_text(&proxy.socket, "/rollout/report").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(report.contains("promoted"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_with_too_little_traffic_extends_its_step_instead_of_promoting() {
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let (status, body) = proxy
+        .admin(
+            Method::POST,
+            "/rollout",
+            r#"{"to":"green","steps":[{"percent":10,"duration":"500ms"},100],"gates":{"min_requests":1000},"max_extensions":1}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, r) = proxy.admin(Method::GET, "/rollout", "").await;
+    assert_eq!(r["state"], "paused", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap_or("").contains("inconclusive"),
+        "{r}"
+    );
+    assert_eq!(proxy.status().await["live"], "blue");
+    let (status, _) = proxy.admin(Method::POST, "/rollout/abort", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(proxy.status().await["canary"].is_null());
+}
