@@ -356,15 +356,10 @@ impl Admin {
     /// The answer to a `dry_run` switch: the plan, with the status the real call would get.
     fn dry_run(&self, req: SwitchRequest) -> Response<Full<Bytes>> {
         let (plan, refusal) = self.switchboard.plan(req);
-        let mut body = serde_json::json!({ "dry_run": true, "plan": plan });
-        let status = match refusal {
-            Some(err) => {
-                body["error"] = err.to_string().into();
-                AdminError::Switch(err).status()
-            }
-            None => StatusCode::OK,
-        };
-        json(status, &body)
+        dry_run_answer(
+            serde_json::json!({ "dry_run": true, "plan": plan }),
+            refusal,
+        )
     }
 
     pub fn status(&self, changed: Option<bool>) -> Status {
@@ -534,6 +529,22 @@ async fn read_body(body: Incoming) -> Result<Bytes, AdminError> {
                 "the request body did not arrive within {ADMIN_BODY_TIMEOUT:?}"
             ))
         })?
+}
+
+/// The answer to a dry run: `body` with the status the real call would get, and its
+/// error when it would be refused.
+fn dry_run_answer(
+    mut body: serde_json::Value,
+    refusal: Option<SwitchError>,
+) -> Response<Full<Bytes>> {
+    let status = match refusal {
+        Some(err) => {
+            body["error"] = err.to_string().into();
+            AdminError::Switch(err).status()
+        }
+        None => StatusCode::OK,
+    };
+    json(status, &body)
 }
 
 /// A JSON body; `None` when the body is empty.

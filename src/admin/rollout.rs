@@ -9,7 +9,7 @@ use http::{Method, Response, StatusCode, header};
 use http_body_util::Full;
 use serde::Deserialize;
 
-use super::{Admin, json, parse_json};
+use super::{Admin, dry_run_answer, json, parse_json};
 use crate::color::Color;
 use crate::error::{AdminError, SwitchError};
 use crate::rollout::plan::RolloutBody;
@@ -129,19 +129,12 @@ impl Admin {
         };
         if body.dry_run {
             let (gate, refusal) = self.switchboard.canary_plan(req);
-            let mut answer = serde_json::json!({
+            let answer = serde_json::json!({
                 "dry_run": true,
                 "canary": { "color": color, "percent": f64::from(weight) / 100.0 },
                 "gate": gate,
             });
-            let status = match refusal {
-                Some(e) => {
-                    answer["error"] = e.to_string().into();
-                    AdminError::Switch(e).status()
-                }
-                None => StatusCode::OK,
-            };
-            return Ok(json(status, &answer));
+            return Ok(dry_run_answer(answer, refusal));
         }
         let reason = if weight == 0 {
             "canary cleared".to_owned()
