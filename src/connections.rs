@@ -123,6 +123,11 @@ impl Activity {
         Active(Arc::clone(self))
     }
 
+    /// Whether any request has begun on the connection.
+    pub fn started(&self) -> bool {
+        self.open.load(Ordering::Relaxed) > 0 || self.last.load(Ordering::Relaxed) != 0
+    }
+
     /// When the connection can be closed as idle: `None` while a request is open.
     pub fn idle_until(&self, idle: Duration, since: Instant) -> Option<Instant> {
         if self.open.load(Ordering::Relaxed) > 0 {

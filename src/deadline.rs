@@ -34,6 +34,13 @@ impl Deadline {
         }
     }
 
+    /// Moves the deadline to `at` if that is earlier than the recorded time.
+    pub fn bring_forward(&mut self, at: Instant) {
+        if at < self.at {
+            self.set(at);
+        }
+    }
+
     /// Resolves once the recorded time has passed.
     pub async fn reached(&mut self) {
         loop {

@@ -238,6 +238,54 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_shutdown_gets_its_first_request_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let addr = proxy.addr;
+    // Accepted, but its request has not come yet when shutdown begins.
+    let mut fresh = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // Kept alive after one answer and idle: closed by shutdown.
+    let mut kept = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut first = vec![0; 4096];
+    let n = kept.read(&mut first).await.expect("read");
+    assert!(
+        first[..n].starts_with(b"HTTP/1.1 200 "),
+        "{:?}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    // The fresh connection is accepted by now (loopback, an idle proxy).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let server = proxy.begin_stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fresh
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), fresh.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer:?}"
+    );
+    assert!(answer.ends_with("blue"), "{answer:?}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), kept.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the idle kept-alive connection was closed: {closed:?}"
+    );
+    server.await.expect("server stopped cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_switch_the_next_stream_on_the_same_http2_connection_is_answered_by_green() {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};

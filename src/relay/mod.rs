@@ -82,10 +82,19 @@ async fn requests<C: ClientIo>(
     // A new connection has the header timeout for its first request; a kept-alive one
     // the idle timeout until the next one begins.
     let mut wait = timeouts.header;
+    let mut kept_alive = false;
     loop {
         head_deadline.set(Instant::now() + wait);
         wait = timeouts.idle;
-        let next = next_request(c, proxy, &mut head_deadline, timeouts, stopping.as_mut());
+        let next = next_request(
+            c,
+            proxy,
+            &mut head_deadline,
+            timeouts,
+            stopping.as_mut(),
+            kept_alive,
+        );
+        kept_alive = true;
         let mut ex = match next.await {
             Next::Request(ex) => ex,
             Next::Answered { keep_alive: true } => continue,
@@ -109,6 +118,9 @@ async fn requests<C: ClientIo>(
         }
     }
 }
+
+/// How long a new connection's first request may take to begin once shutdown started.
+pub(crate) const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a short local answer may take to write to a client that is closing anyway.
 const WRITE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -211,7 +223,10 @@ async fn next_request<C: ClientIo>(
     deadline: &mut Deadline,
     timeouts: Timeouts,
     mut stopping: Pin<&mut WaitForCancellationFutureOwned>,
+    kept_alive: bool,
 ) -> Next {
+    // Shutdown was seen while a new connection's first request had not come yet.
+    let mut stop_seen = false;
     // When the body began, and how much of it has come.
     let mut body: Option<(Instant, usize)> = None;
     // A head began (its first bytes are here): its header timeout is armed before the
@@ -270,7 +285,18 @@ async fn next_request<C: ClientIo>(
                 let _ = Conn::write(&mut c.client, &c.out, WRITE_GRACE).await;
                 return Next::Close;
             }
-            () = stopping.as_mut(), if c.buf.is_empty() => return Next::Close,
+            () = stopping.as_mut(), if c.buf.is_empty() && !stop_seen => {
+                // Between requests of a kept-alive connection: closed (a client retries
+                // a request it sent on a reused connection that closed unanswered).
+                if kept_alive {
+                    return Next::Close;
+                }
+                // A new connection: the client connected before the listener closed and
+                // its first request may be on the way. It gets a short grace, then the
+                // answer closes the connection.
+                stop_seen = true;
+                deadline.bring_forward(Instant::now() + FIRST_REQUEST_GRACE);
+            }
         }
     }
 }
@@ -424,15 +450,26 @@ async fn hand_off<C: ClientIo>(
     tokio::pin!(conn);
     let since = Instant::now();
     let mut check = Box::pin(tokio::time::sleep(timeouts.idle));
+    let mut stop_seen = false;
     let ended = loop {
         tokio::select! {
             ended = conn.as_mut() => break ended,
-            () = &mut stopping => {
-                // HTTP/1 closes after its current response, HTTP/2 sends GOAWAY.
-                conn.as_mut().graceful_shutdown();
-                break conn.await;
+            () = &mut stopping, if !stop_seen => {
+                stop_seen = true;
+                if activity.started() {
+                    // HTTP/1 closes after its current response, HTTP/2 sends GOAWAY.
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
+                // hyper has not begun the request it was handed yet: asked to shut
+                // down now, it would close without reading it.
+                check.as_mut().reset(Instant::now() + FIRST_REQUEST_GRACE);
             }
             () = check.as_mut() => {
+                if stop_seen {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
                 // Idle: no request open for the idle timeout (HTTP/2 with no stream,
                 // HTTP/1 between requests). Closed the way shutdown closes it.
                 match activity.idle_until(timeouts.idle, since) {
