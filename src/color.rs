@@ -26,6 +26,14 @@ impl Color {
         }
     }
 
+    /// The other environment.
+    pub const fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Color::Blue => "blue",

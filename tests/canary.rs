@@ -2,10 +2,104 @@
 
 mod support;
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use support::{Conn, Proxy, backend, request};
+use support::{Conn, Proxy, TestBackend, backend, request};
+
+/// Clients sending GET / in a loop on kept-alive connections (no cookie, so each
+/// request draws a new bucket), keeping every answer's colour and status.
+struct Load {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Answers by body: `blue`, `green`, or anything else.
+    blue: u64,
+    green: u64,
+    /// Answers other than 200 `blue` / 200 `green`: status, body.
+    bad: Vec<(StatusCode, String)>,
+    /// When the first answer other than a 200 came.
+    first_bad: Option<Instant>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr, clients: usize) -> Load {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut conn = Conn::open(addr).await;
+                    loop {
+                        let a = conn.get("/").await;
+                        let mut s = seen.lock().expect("seen");
+                        match (a.status, a.text()) {
+                            (StatusCode::OK, "blue") => s.blue += 1,
+                            (StatusCode::OK, "green") => s.green += 1,
+                            (status, text) => {
+                                s.first_bad.get_or_insert_with(Instant::now);
+                                s.bad.push((status, text.to_owned()));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { tasks, seen }
+    }
+
+    fn stop(self) -> Seen {
+        for t in &self.tasks {
+            t.abort();
+        }
+        std::mem::take(&mut *self.seen.lock().expect("seen"))
+    }
+}
+
+/// Starts a rollout with `body`; asserts it was accepted.
+async fn start_rollout(proxy: &Proxy, body: &str) -> serde_json::Value {
+    let (status, answer) = proxy.admin(Method::POST, "/rollout", body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer
+}
+
+/// Polls `GET /rollout` (every 10 ms, up to `within`) until `cond` holds.
+async fn wait_rollout(
+    proxy: &Proxy,
+    what: &str,
+    within: Duration,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, r) = proxy.admin(Method::GET, "/rollout", "").await;
+        if cond(&r) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The actions in `/history`, oldest first.
+async fn history_actions(proxy: &Proxy) -> Vec<String> {
+    let (_, history) = proxy.admin(Method::GET, "/history", "").await;
+    history["events"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(|e| e["action"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// The colour that answers a GET carrying `header: value` on `conn`.
 async fn colour_for(conn: &mut Conn, header: &str, value: &str) -> String {
@@ -188,4 +282,65 @@ async fn a_rollout_with_too_little_traffic_extends_its_step_instead_of_promoting
     let (status, _) = proxy.admin(Method::POST, "/rollout/abort", "").await;
     assert_eq!(status, StatusCode::OK);
     assert!(proxy.status().await["canary"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_green_that_starts_failing_in_step_two_is_rolled_back_within_two_seconds() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(&[blue.addr], &[green.addr], "").await;
+    let load = Load::start(proxy.addr, 4);
+    start_rollout(
+        &proxy,
+        r#"{"to":"green","steps":[{"percent":10,"duration":"1s"},{"percent":25,"duration":"30s"},100],"gates":{"max_error_rate":0.01,"min_requests":20}}"#,
+    )
+    .await;
+    wait_rollout(&proxy, "step 2", Duration::from_secs(10), |r| {
+        r["step"] == 1
+    })
+    .await;
+    green.fail_every(10);
+    let r = wait_rollout(&proxy, "the rollback", Duration::from_secs(10), |r| {
+        r["state"] != "running"
+    })
+    .await;
+    let rolled_back_at = Instant::now();
+    // Requests after the rollback reach blue only.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = load.stop();
+    let first_bad = seen.first_bad.expect("green answered some 500s");
+    let took = rolled_back_at.saturating_duration_since(first_bad);
+    println!(
+        "rolled back {took:?} after the first failing answer ({} blue, {} green, {} failed)",
+        seen.blue,
+        seen.green,
+        seen.bad.len()
+    );
+    assert_eq!(r["state"], "rolled_back", "{r}");
+    let reason = r["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("max_error_rate") && reason.contains("measured"),
+        "{reason}"
+    );
+    assert_eq!(r["breach"]["gate"], "max_error_rate", "{r}");
+    assert!(r["breach"]["value"].as_f64() > Some(0.01), "{r}");
+    assert!(took < Duration::from_secs(2), "rollback took {took:?}");
+    // Every failed answer is green's own 500: blue saw no error.
+    assert!(
+        seen.bad
+            .iter()
+            .all(|(s, t)| *s == StatusCode::INTERNAL_SERVER_ERROR && t == "failing"),
+        "{:?}",
+        &seen.bad[..seen.bad.len().min(5)]
+    );
+    let status = proxy.status().await;
+    assert_eq!(status["live"], "blue");
+    assert!(status["canary"].is_null(), "{status}");
+    assert!(
+        history_actions(&proxy)
+            .await
+            .iter()
+            .any(|a| a == "rollback"),
+        "history"
+    );
 }

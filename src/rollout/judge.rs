@@ -15,6 +15,7 @@ pub const ERROR_RATE_FLOOR: f64 = 0.001;
 pub const P99_FLOOR_MS: f64 = 1.0;
 
 /// One colour over a step, added up.
+#[derive(Clone)]
 pub struct Tally {
     pub requests: u64,
     pub errors: u64,
@@ -109,10 +110,7 @@ pub fn gather(
     last: &mut u64,
 ) {
     let now = Stats::now_second();
-    let live = match canary {
-        crate::color::Color::Blue => crate::color::Color::Green,
-        crate::color::Color::Green => crate::color::Color::Blue,
-    };
+    let live = canary.other();
     while *last + 1 < now {
         *last += 1;
         if let Some(s) = stats.second(canary, *last) {
@@ -122,6 +120,32 @@ pub fn gather(
             tallies[1].add(&s);
         }
     }
+}
+
+/// Both tallies' summaries with the second now running added: what the continuous
+/// check judges, so a failing canary is seen within a tick, not a second later.
+pub fn with_current(
+    stats: &Stats,
+    canary: crate::color::Color,
+    tallies: &[Tally; 2],
+    last: u64,
+) -> (Summary, Summary) {
+    let now = Stats::now_second();
+    let summary = |tally: &Tally, color| {
+        let mut tally = tally.clone();
+        // Seconds `gather` has not added yet: the one now running, and the one just
+        // finished when the tick came right after a second's turn.
+        for s in last + 1..=now {
+            if let Some(s) = stats.second(color, s) {
+                tally.add(&s);
+            }
+        }
+        tally.summary()
+    };
+    (
+        summary(&tallies[0], canary),
+        summary(&tallies[1], canary.other()),
+    )
 }
 
 /// Every in-process gate on `canary` against `live`, and the verdict. Relative gates

@@ -507,7 +507,9 @@ impl Rollouts {
                 .await;
             return;
         }
-        let (canary, live) = (run.tallies[0].summary(), run.tallies[1].summary());
+        let stats = &self.switchboard.tracker().telemetry().stats;
+        let (canary, live) =
+            judge::with_current(stats, run.record.plan.to, &run.tallies, run.last_second);
         let (_, verdict) = judge::judge(&run.record.plan.gates, &canary, &live);
         if let Verdict::Breach(gate) = verdict {
             self.breach(run, gate, "gates".into()).await;

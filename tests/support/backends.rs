@@ -37,11 +37,14 @@ pub async fn backend(name: &'static str) -> SocketAddr {
 
 /// A backend (see [`backend`]) with handles on its state: `/healthz` answers 200 while
 /// `healthy` is set and 500 otherwise; `hits` counts every other request; `conns`
-/// counts open connections and `accepted` every connection ever accepted.
+/// counts open connections and `accepted` every connection ever accepted. With
+/// `fail_every` at N > 0, every Nth request other than `/healthz` is answered 500
+/// while health checks still pass: a backend that is up but answers errors.
 #[derive(Clone)]
 pub struct TestBackend {
     pub addr: SocketAddr,
     pub healthy: Arc<AtomicBool>,
+    pub fail_every: Arc<AtomicUsize>,
     pub hits: Arc<AtomicUsize>,
     pub conns: Arc<AtomicUsize>,
     pub accepted: Arc<AtomicUsize>,
@@ -55,6 +58,7 @@ impl TestBackend {
         let b = TestBackend {
             addr: listener.local_addr().expect("backend addr"),
             healthy: Arc::new(AtomicBool::new(true)),
+            fail_every: Arc::new(AtomicUsize::new(0)),
             hits: Arc::new(AtomicUsize::new(0)),
             conns: Arc::new(AtomicUsize::new(0)),
             accepted: Arc::new(AtomicUsize::new(0)),
@@ -79,7 +83,13 @@ impl TestBackend {
                             };
                             return Ok::<_, Infallible>(r);
                         }
-                        s.hits.fetch_add(1, Ordering::SeqCst);
+                        let hit = s.hits.fetch_add(1, Ordering::SeqCst) + 1;
+                        let every = s.fail_every.load(Ordering::SeqCst);
+                        if every > 0 && hit % every == 0 {
+                            let mut r = text("failing".to_owned());
+                            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                            return Ok(r);
+                        }
                         if req.uri().path() == "/flaky" && !s.healthy.load(Ordering::SeqCst) {
                             let mut r = text("failing".to_owned());
                             *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
@@ -116,6 +126,11 @@ impl TestBackend {
 
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Answers every `n`th request with a 500 from now on (0: none).
+    pub fn fail_every(&self, n: usize) {
+        self.fail_every.store(n, Ordering::SeqCst);
     }
 }
 
