@@ -158,6 +158,8 @@ pub enum AdminError {
         "no such endpoint {0}; try GET /status, POST /switch, POST /rollback, POST /canary, POST /rollout, GET /rollout, GET /history, POST /reload, GET /metrics"
     )]
     NotFound(String),
+    #[error("no rollout has run yet; start one with POST /rollout")]
+    NoRollout,
     #[error(
         "uid {uid} may not {level} here; ask for it to be added to [admin.{level}] uids (or its group to gids)"
     )]
@@ -183,7 +185,7 @@ impl AdminError {
     pub fn status(&self) -> StatusCode {
         match self {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::NotFound(_) | AdminError::NoRollout => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -151,7 +151,5 @@ impl Admin {
 }
 
 fn no_rollout() -> AdminError {
-    AdminError::Switch(SwitchError::Rollout(
-        "no rollout has run yet; start one with POST /rollout".into(),
-    ))
+    AdminError::NoRollout
 }
