@@ -284,19 +284,20 @@ impl Switchboard {
         expect_generation: Option<u64>,
         caller: Caller,
     ) -> Result<Change, SwitchError> {
-        self.rollback_noted(expect_generation, caller, Note::default())
+        self.rollback_noted("rollback", expect_generation, caller, Note::default())
             .await
     }
 
-    /// A rollback recorded with `note` (a rollout's breach or abort).
+    /// A rollback recorded as `action` with `note` (a rollout's breach or abort).
     pub async fn rollback_noted(
         &self,
+        action: &'static str,
         expect_generation: Option<u64>,
         caller: Caller,
         note: Note,
     ) -> Result<Change, SwitchError> {
         let drain = self.tracker.timeout;
-        self.change("rollback", expect_generation, false, caller, note, |cur| {
+        self.change(action, expect_generation, false, caller, note, |cur| {
             let pins_from = epoch_ms() / 1000 + 1;
             if cur.canary.is_some() {
                 return Ok(Some(Snapshot {
@@ -324,8 +325,19 @@ impl Switchboard {
         caller: Caller,
         note: Note,
     ) -> Result<Change, SwitchError> {
+        self.canary_as("canary", req, caller, note).await
+    }
+
+    /// [`canary`](Switchboard::canary), recorded as `action` (a rollout's start or step).
+    pub async fn canary_as(
+        &self,
+        action: &'static str,
+        req: CanaryRequest,
+        caller: Caller,
+        note: Note,
+    ) -> Result<Change, SwitchError> {
         self.change(
-            "canary",
+            action,
             req.expect_generation,
             req.force,
             caller,

@@ -279,6 +279,13 @@ async fn a_rollout_with_too_little_traffic_extends_its_step_instead_of_promoting
         "{r}"
     );
     assert_eq!(proxy.status().await["live"], "blue");
+    assert!(
+        history_actions(&proxy)
+            .await
+            .iter()
+            .any(|a| a == "rollout.extend"),
+        "the step was extended before pausing"
+    );
     let (status, _) = proxy.admin(Method::POST, "/rollout/abort", "").await;
     assert_eq!(status, StatusCode::OK);
     assert!(proxy.status().await["canary"].is_null());
@@ -340,7 +347,274 @@ async fn a_green_that_starts_failing_in_step_two_is_rolled_back_within_two_secon
         history_actions(&proxy)
             .await
             .iter()
-            .any(|a| a == "rollback"),
+            .any(|a| a == "rollout.rollback"),
         "history"
     );
+}
+
+/// The `name=value` of the cookie `name` an answer sets, if it sets one.
+fn set_cookie(answer: &support::Answer, name: &str) -> Option<String> {
+    answer
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+/// The colour that answers a GET carrying `cookie`.
+async fn colour_with_cookie(conn: &mut Conn, cookie: &str) -> String {
+    colour_for(conn, "cookie", cookie).await
+}
+
+/// Starts a long two-step rollout to green and promotes it by hand at once.
+async fn promote_to_green(proxy: &Proxy) {
+    start_rollout(
+        proxy,
+        r#"{"to":"green","steps":[10,100],"step_duration":"1h","gates":{"min_requests":1}}"#,
+    )
+    .await;
+    let (status, r) = proxy.admin(Method::POST, "/rollout/promote", "").await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "promoted", "{r}");
+    assert_eq!(proxy.status().await["live"], "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_session_stays_on_blue_after_promotion_until_its_pin_expires_and_a_rollback_overrides_pins()
+ {
+    let proxy = Proxy::start(
+        &[backend("blue").await],
+        &[backend("green").await],
+        "[routing.pinning]\nttl = \"2s\"\n",
+    )
+    .await;
+    let mut conn = Conn::open(proxy.addr).await;
+    let first = conn.get("/").await;
+    assert_eq!(first.text(), "blue");
+    let blue_pin = set_cookie(&first, "cutover-pin").expect("a pin cookie");
+    promote_to_green(&proxy).await;
+
+    // The session that began on blue stays there; a new one starts on green.
+    assert_eq!(colour_with_cookie(&mut conn, &blue_pin).await, "blue");
+    let fresh = conn.get("/").await;
+    assert_eq!(fresh.text(), "green");
+    let green_pin = set_cookie(&fresh, "cutover-pin").expect("a pin cookie");
+    assert!(
+        proxy.status().await["routed"]["pinned"].as_u64() >= Some(1),
+        "status counts pinned requests"
+    );
+
+    // Once the pin is older than its TTL, the session moves to green.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while colour_with_cookie(&mut conn, &blue_pin).await == "blue" {
+        assert!(Instant::now() < deadline, "the blue pin never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A rollback overrides pins: the session pinned to green moves back to blue now.
+    let green_pin = {
+        // Re-pin on green if the first green pin has aged out meanwhile.
+        let again = conn.get("/").await;
+        set_cookie(&again, "cutover-pin").unwrap_or(green_pin)
+    };
+    assert_eq!(colour_with_cookie(&mut conn, &green_pin).await, "green");
+    let (status, body) = proxy.admin(Method::POST, "/rollback", "{}").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(colour_with_cookie(&mut conn, &green_pin).await, "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pinning_a_session_moves_to_green_at_once_on_promotion() {
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let mut conn = Conn::open(proxy.addr).await;
+    let first = conn.get("/").await;
+    assert_eq!(first.text(), "blue");
+    assert!(set_cookie(&first, "cutover-pin").is_none());
+    let cookies: Vec<String> = first
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
+        .collect();
+    promote_to_green(&proxy).await;
+    assert_eq!(
+        colour_with_cookie(&mut conn, &cookies.join("; ")).await,
+        "green"
+    );
+}
+
+/// Health checks every 50 ms for both pools, so a backend's health flips in ~100 ms.
+const FAST_HEALTH: &str = "[pools.blue.health]\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 2\n\
+    [pools.green.health]\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 2\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_with_their_own_durations_each_run_their_own_time() {
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let load = Load::start(proxy.addr, 2);
+    let begun = Instant::now();
+    start_rollout(
+        &proxy,
+        r#"{"to":"green","steps":[{"percent":10,"duration":"500ms"},{"percent":20,"duration":"2s"},100],"step_duration":"1s","gates":{"min_requests":5}}"#,
+    )
+    .await;
+    // Each step shows its own length and lasts at least that long.
+    let mut lengths = Vec::new();
+    let mut step_began = begun;
+    for (step, own_ms) in [(0u64, 500u64), (1, 2000), (2, 1000)] {
+        let r = wait_rollout(&proxy, "the step", Duration::from_secs(15), |r| {
+            r["step"] == step || r["state"] != "running"
+        })
+        .await;
+        assert_eq!(r["step_duration_ms"], own_ms, "{r}");
+        let r = wait_rollout(&proxy, "the step's end", Duration::from_secs(15), |r| {
+            r["step"] != step || r["state"] != "running"
+        })
+        .await;
+        lengths.push(step_began.elapsed());
+        step_began = Instant::now();
+        let _ = r;
+    }
+    let seen = load.stop();
+    println!("step lengths {lengths:?}");
+    let r = wait_rollout(&proxy, "promotion", Duration::from_secs(5), |r| {
+        r["state"] != "running"
+    })
+    .await;
+    assert_eq!(r["state"], "promoted", "{r}");
+    assert!(lengths[0] >= Duration::from_millis(500), "{lengths:?}");
+    assert!(lengths[1] >= Duration::from_millis(2000), "{lengths:?}");
+    assert!(lengths[2] >= Duration::from_millis(1000), "{lengths:?}");
+    assert!(seen.bad.is_empty(), "{:?}", seen.bad);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_does_not_start_while_its_way_back_is_unhealthy_and_pauses_when_it_fails_mid_rollout()
+ {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(&[blue.addr], &[green.addr], FAST_HEALTH).await;
+    let body = r#"{"to":"green","steps":[10,100],"step_duration":"1h","gates":{"min_requests":1}}"#;
+
+    // Blue, the way back, is down: nothing starts and nothing moves.
+    blue.set_healthy(false);
+    proxy
+        .wait_until("blue down", |s| s["pools"]["blue"]["healthy"] == 0)
+        .await;
+    let (status, answer) = proxy.admin(Method::POST, "/rollout", body).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    let error = answer["error"].as_str().unwrap_or("");
+    assert!(error.contains("way back"), "{error}");
+    let (status, _) = proxy.admin(Method::GET, "/rollout", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(proxy.status().await["canary"].is_null());
+
+    // Blue is back: the rollout starts; blue fails again: it pauses and says why.
+    blue.set_healthy(true);
+    proxy
+        .wait_until("blue up", |s| s["pools"]["blue"]["healthy"] == 1)
+        .await;
+    start_rollout(&proxy, body).await;
+    blue.set_healthy(false);
+    let r = wait_rollout(&proxy, "the pause", Duration::from_secs(5), |r| {
+        r["state"] != "running"
+    })
+    .await;
+    assert_eq!(r["state"], "paused", "{r}");
+    let reason = r["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("way back") && reason.contains("blue"),
+        "{reason}"
+    );
+    // The canary holds its weight; resume waits for the way back.
+    assert_eq!(proxy.status().await["canary"]["color"], "green");
+    let (status, answer) = proxy.admin(Method::POST, "/rollout/resume", "").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    blue.set_healthy(true);
+    proxy
+        .wait_until("blue up again", |s| s["pools"]["blue"]["healthy"] == 1)
+        .await;
+    let (status, r) = proxy.admin(Method::POST, "/rollout/resume", "").await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "running", "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_abort_promote_and_approval_do_what_they_say_and_each_appears_in_history() {
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let load = Load::start(proxy.addr, 2);
+    let long = r#"{"to":"green","steps":[10,50,100],"step_duration":"1h","gates":{"min_requests":1}}"#;
+
+    // Pause freezes the clock, resume runs it on.
+    start_rollout(&proxy, long).await;
+    let (status, r) = proxy.admin(Method::POST, "/rollout/pause", "").await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "paused", "{r}");
+    let frozen = r["time_left_ms"].as_u64();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, r) = proxy.admin(Method::GET, "/rollout", "").await;
+    assert_eq!(r["time_left_ms"].as_u64(), frozen, "the clock ran while paused");
+    let (status, _) = proxy.admin(Method::POST, "/rollout/pause", "").await;
+    assert_eq!(status, StatusCode::CONFLICT, "pausing twice is refused");
+    let (status, r) = proxy.admin(Method::POST, "/rollout/resume", "").await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "running", "{r}");
+
+    // Abort is the rollback: canary off, blue still live.
+    let (status, r) = proxy.admin(Method::POST, "/rollout/abort", "").await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "aborted", "{r}");
+    let status = proxy.status().await;
+    assert_eq!(status["live"], "blue");
+    assert!(status["canary"].is_null(), "{status}");
+
+    // Promote skips the remaining steps.
+    start_rollout(&proxy, long).await;
+    let (status, r) = proxy.admin(Method::POST, "/rollout/promote", "").await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "promoted", "{r}");
+    assert_eq!(proxy.status().await["live"], "green");
+
+    // With approval, the last step holds until a person promotes.
+    start_rollout(
+        &proxy,
+        r#"{"to":"blue","steps":[50],"step_duration":"300ms","gates":{"min_requests":1},"approval":true}"#,
+    )
+    .await;
+    let r = wait_rollout(&proxy, "approval", Duration::from_secs(10), |r| {
+        r["state"] != "running"
+    })
+    .await;
+    assert_eq!(r["state"], "awaiting_approval", "{r}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let status = proxy.status().await;
+    assert_eq!(status["live"], "green", "waiting for approval promotes nothing");
+    assert_eq!(status["canary"]["color"], "blue", "{status}");
+    let (status, r) = proxy.admin(Method::POST, "/rollout/promote", "").await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "promoted", "{r}");
+    assert!(
+        r["decided_by"].as_str().unwrap_or("").starts_with("uid"),
+        "{r}"
+    );
+    assert_eq!(proxy.status().await["live"], "blue");
+    let seen = load.stop();
+    assert!(seen.bad.is_empty(), "{:?}", seen.bad);
+
+    let actions = history_actions(&proxy).await;
+    for action in [
+        "rollout.start",
+        "rollout.pause",
+        "rollout.resume",
+        "rollout.abort",
+        "rollout.promote",
+        "rollout.awaiting_approval",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} missing from {actions:?}"
+        );
+    }
 }

@@ -370,7 +370,7 @@ impl Rollouts {
         let note = self.note(&mut run, reason);
         let change = self
             .switchboard
-            .canary(canary, caller, note)
+            .canary_as("rollout.start", canary, caller, note)
             .await
             .map_err(AdminError::Switch)?;
         run.record.generation = change.generation;
@@ -667,7 +667,11 @@ impl Rollouts {
             expect_generation: Some(run.record.generation),
             force: false,
         };
-        match self.switchboard.canary(req, Caller::default(), note).await {
+        match self
+            .switchboard
+            .canary_as("rollout.step", req, Caller::default(), note)
+            .await
+        {
             Ok(change) => {
                 run.record.generation = change.generation;
                 self.restart_step(run);
@@ -768,7 +772,7 @@ impl Rollouts {
         let caller = Caller::default();
         let result = if self.switchboard.snapshot().canary.is_some() {
             self.switchboard
-                .rollback_noted(None, caller, note)
+                .rollback_noted(rollback_action(state), None, caller, note)
                 .await
                 .map(|c| c.generation)
         } else {
@@ -901,6 +905,14 @@ impl Rollouts {
             });
         }
         r.clone()
+    }
+}
+
+/// How a rollout's rollback shows in `/history`.
+fn rollback_action(state: State) -> &'static str {
+    match state {
+        State::Aborted => "rollout.abort",
+        _ => "rollout.rollback",
     }
 }
 
