@@ -163,7 +163,7 @@ async fn ctl_rollout_wait_exits_zero_when_a_good_green_is_promoted() {
                 "rollout",
                 "green",
                 "--steps",
-                "50:3500ms,100",
+                "50:4500ms,100",
                 "--step",
                 "1s",
                 "--max-error-rate",
