@@ -15,6 +15,8 @@ use crate::color::Color;
 use crate::health::GateReport;
 use crate::reload::{Outcome, ReloadReport};
 
+pub mod rollout;
+
 /// Why a `ctl` command failed; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -49,11 +51,16 @@ pub async fn call(
     if status.is_success() {
         return Ok(bytes);
     }
-    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+    Err(refusal(status, &bytes))
+}
+
+/// The error for a non-2xx answer: its JSON `error` text, or the raw body.
+pub fn refusal(status: StatusCode, bytes: &[u8]) -> CtlError {
+    let message = serde_json::from_slice::<serde_json::Value>(bytes)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-    Err(CtlError::Refused { status, message })
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned());
+    CtlError::Refused { status, message }
 }
 
 /// One admin call; the status and body, whatever the status.
@@ -103,6 +110,12 @@ pub fn render_status(s: &Status) -> String {
     );
     if let Some(err) = &s.state.error {
         let _ = writeln!(out, "state file problem: {err}");
+    }
+    if let Some(c) = &s.canary {
+        let _ = writeln!(out, "canary: {} {}%", c.color, c.percent);
+    }
+    if let Some(r) = &s.rollout {
+        let _ = writeln!(out, "{}", rollout::brief_line(r));
     }
     if let Some(r) = &s.last_reload {
         let message = r.message.lines().collect::<Vec<_>>().join(" ");

@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::Method;
 
 use cutover::color::Color;
 use cutover::config::Config;
 use cutover::ctl;
+use cutover::ctl::rollout::{self as ctl_rollout, Steps};
 use cutover::reload::{ReloadHook, ReloadReport, Reloader, Trigger};
 use cutover::server::Server;
 
@@ -49,7 +50,7 @@ enum Command {
         #[arg(long, short, default_value = "cutover.sock", env = "CUTOVER_SOCKET")]
         socket: PathBuf,
         /// Print the server's JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
         /// The admin call to make.
         #[command(subcommand)]
@@ -89,10 +90,144 @@ enum CtlCommand {
         #[arg(long)]
         expect_generation: Option<u64>,
     },
+    /// Send PERCENT of requests (by sticky bucket) to COLOUR; 0 clears the canary.
+    Canary {
+        /// The colour that gets the share (not the live one).
+        color: Color,
+        /// The share: 10, 12.5 or 12.5%; 0 clears it.
+        #[arg(value_parser = ctl_rollout::parse_percent)]
+        percent: f64,
+        /// Refuse unless the routing generation is still this (see `status`).
+        #[arg(long)]
+        expect_generation: Option<u64>,
+        /// Set it even if COLOUR's pool fails the health gate.
+        #[arg(long)]
+        force: bool,
+        /// Show the gate; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// A staged rollout: `rollout COLOUR --steps …` starts one (`--wait` follows it to
+    /// the end); `rollout status|pause|resume|abort|promote` acts on the current one.
+    Rollout(Box<RolloutCommand>),
+    /// The last routing events: switches, canaries, rollout steps, breaches.
+    History {
+        /// How many of the most recent events to show.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
+    /// The last rollout's evidence as Markdown (`--json`: its record).
+    Report,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Exit status with --wait: 0 promoted, 2 rolled back or aborted, 1 any other \
+                  end or error.\n\nExample:\n  cutover ctl rollout green --steps \
+                  1:30m,10:1h,25,50,100 --step 30s \\\n    --max-error-rate 1% --max-p99 250ms \
+                  --min-requests 200 --wait"
+)]
+struct RolloutCommand {
+    #[command(subcommand)]
+    verb: Option<RolloutVerb>,
+    #[command(flatten)]
+    start: StartArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutVerb {
+    /// Start a rollout (the same as `rollout COLOUR …`).
+    Start(Box<StartArgs>),
+    /// Show the current (or last) rollout: step, time left, gates, evidence.
+    Status,
+    /// Hold the current weight and stop the step's clock.
+    Pause,
+    /// Run a paused rollout on.
+    Resume,
+    /// Roll back now: all traffic to the colour that was live when it started.
+    Abort,
+    /// Skip the remaining steps (or approve the last one): the target goes live.
+    Promote,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnBreach {
+    Rollback,
+    Pause,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnInconclusive {
+    Extend,
+    Pause,
+}
+
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// The colour to roll out (not the live one).
+    #[arg(required = true)]
+    color: Option<Color>,
+    /// Percentages, growing, each bare (runs for --step) or PERCENT:DURATION, e.g.
+    /// 1:30m,10:1h,25,50,100.
+    #[arg(long, required = true, value_parser = ctl_rollout::parse_steps)]
+    steps: Option<Steps>,
+    /// How long a bare step runs (default: `[rollout] step_duration`), e.g. 30s.
+    #[arg(long, value_name = "DURATION", value_parser = ctl_rollout::parse_duration)]
+    step: Option<String>,
+    /// The canary's error rate at most: 1% or 0.01.
+    #[arg(long, value_name = "RATE", value_parser = ctl_rollout::parse_rate)]
+    max_error_rate: Option<f64>,
+    /// The canary's p99 latency at most, e.g. 250ms.
+    #[arg(long, value_name = "DURATION", value_parser = ctl_rollout::parse_duration)]
+    max_p99: Option<String>,
+    /// Canary requests a step needs before it can pass (default 100).
+    #[arg(long, value_name = "N")]
+    min_requests: Option<u64>,
+    /// The canary's error rate at most this many times the live colour's, e.g. 2.0.
+    #[arg(long, value_name = "FACTOR", value_parser = ctl_rollout::parse_factor)]
+    max_error_rate_vs_live: Option<f64>,
+    /// The canary's p99 at most this many times the live colour's, e.g. 1.5.
+    #[arg(long, value_name = "FACTOR", value_parser = ctl_rollout::parse_factor)]
+    max_p99_vs_live: Option<f64>,
+    /// Hold the last step until `rollout promote`.
+    #[arg(long)]
+    approval: bool,
+    /// What a breached gate does (default: rollback).
+    #[arg(long, value_enum)]
+    on_breach: Option<OnBreach>,
+    /// What a step with too few requests does (default: extend).
+    #[arg(long, value_enum)]
+    on_inconclusive: Option<OnInconclusive>,
+    /// Extensions of an inconclusive step before it pauses (default 3).
+    #[arg(long, value_name = "N")]
+    max_extensions: Option<u32>,
+    /// Refuse unless the routing generation is still this (see `status`).
+    #[arg(long)]
+    expect_generation: Option<u64>,
+    /// Check the plan and the gate; start nothing.
+    #[arg(long, conflicts_with = "wait")]
+    dry_run: bool,
+    /// Follow the rollout to its end; exit 0 promoted, 2 rolled back or aborted.
+    #[arg(long)]
+    wait: bool,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A usage error exits 1, like any other error: 2 is kept for a rollout that
+    // `ctl rollout --wait` saw rolled back.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     init_tracing();
     let result = match cli.command {
         // The config is read before the runtime exists: it decides the runtime's shape.
@@ -112,6 +247,15 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ctl_rollout::Ended>().is_some() => {
+            eprintln!("{e}");
+            match e.downcast_ref::<ctl_rollout::Ended>().map(|e| e.state) {
+                Some(cutover::rollout::State::RolledBack | cutover::rollout::State::Aborted) => {
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::FAILURE,
+            }
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -301,6 +445,48 @@ async fn ctl_command(
             serde_json::json!({ "expect_generation": expect_generation }),
             false,
         ),
+        CtlCommand::Canary {
+            color,
+            percent,
+            expect_generation,
+            force,
+            dry_run,
+        } => {
+            let body = serde_json::json!({
+                "color": color, "percent": percent, "expect_generation": expect_generation,
+                "force": force, "dry_run": dry_run,
+            });
+            return canary_command(socket, json, body, dry_run).await;
+        }
+        CtlCommand::Rollout(command) => {
+            let verb = match command.verb {
+                None => return rollout_start(socket, json, command.start).await,
+                Some(RolloutVerb::Start(start)) => {
+                    return rollout_start(socket, json, *start).await;
+                }
+                Some(RolloutVerb::Status) => "status",
+                Some(RolloutVerb::Pause) => "pause",
+                Some(RolloutVerb::Resume) => "resume",
+                Some(RolloutVerb::Abort) => "abort",
+                Some(RolloutVerb::Promote) => "promote",
+            };
+            return Ok(ctl_rollout::verb(socket, json, verb).await?);
+        }
+        CtlCommand::History { last } => {
+            let bytes = ctl::call(socket, Method::GET, "/history", None).await?;
+            if json {
+                print!("{}", String::from_utf8_lossy(&bytes));
+            } else {
+                print!("{}", ctl_rollout::render_history(&bytes, last)?);
+            }
+            return Ok(());
+        }
+        CtlCommand::Report => {
+            let path = if json { "/rollout" } else { "/rollout/report" };
+            let bytes = ctl::call(socket, Method::GET, path, None).await?;
+            print!("{}", String::from_utf8_lossy(&bytes));
+            return Ok(());
+        }
     };
     let bytes = ctl::call(socket, Method::POST, path, Some(body)).await?;
     if json {
@@ -335,4 +521,121 @@ async fn dry_run_command(
     } else {
         anyhow::bail!("the switch would be refused ({code})")
     }
+}
+
+/// `ctl canary`: sets or clears the split (or with `--dry-run`, shows the gate).
+async fn canary_command(
+    socket: &std::path::Path,
+    json: bool,
+    body: serde_json::Value,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    if dry_run {
+        let (code, bytes) = ctl::call_raw(socket, Method::POST, "/canary", Some(body)).await?;
+        if json {
+            print!("{}", String::from_utf8_lossy(&bytes));
+        } else {
+            // A refusal of the dry run itself (a bad colour) has no gate to show.
+            match ctl_rollout::render_canary_plan(code, &bytes) {
+                Ok(text) => print!("{text}"),
+                Err(e) if code.is_success() => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        if code.is_success() {
+            return Ok(());
+        }
+        return Err(ctl::refusal(code, &bytes).into());
+    }
+    let bytes = ctl::call(socket, Method::POST, "/canary", Some(body)).await?;
+    if json {
+        print!("{}", String::from_utf8_lossy(&bytes));
+        return Ok(());
+    }
+    let status = ctl::parse_status(&bytes).context("decoding the status")?;
+    match &status.canary {
+        Some(c) => println!(
+            "canary: {} {}% (generation {})",
+            c.color, c.percent, status.generation
+        ),
+        None => println!(
+            "canary cleared: all traffic to {} (generation {})",
+            status.live, status.generation
+        ),
+    }
+    Ok(())
+}
+
+/// `ctl rollout COLOUR …`: starts it (or dry-runs it) and with `--wait` follows it.
+async fn rollout_start(
+    socket: &std::path::Path,
+    json: bool,
+    args: StartArgs,
+) -> anyhow::Result<()> {
+    let (Some(color), Some(Steps(steps))) = (args.color, args.steps) else {
+        anyhow::bail!("give the colour and --steps, e.g. `rollout green --steps 10,50,100`");
+    };
+    let options = ctl_rollout::StartOptions {
+        steps,
+        step: args.step,
+        max_error_rate: args.max_error_rate,
+        max_p99: args.max_p99,
+        min_requests: args.min_requests,
+        max_error_rate_vs_live: args.max_error_rate_vs_live,
+        max_p99_vs_live: args.max_p99_vs_live,
+        approval: args.approval,
+        on_breach: args.on_breach.map(|b| match b {
+            OnBreach::Rollback => "rollback",
+            OnBreach::Pause => "pause",
+        }),
+        on_inconclusive: args.on_inconclusive.map(|i| match i {
+            OnInconclusive::Extend => "extend",
+            OnInconclusive::Pause => "pause",
+        }),
+        max_extensions: args.max_extensions,
+        expect_generation: args.expect_generation,
+        dry_run: args.dry_run,
+    };
+    let body = options.body(color);
+    if args.dry_run {
+        let (code, bytes) = ctl::call_raw(socket, Method::POST, "/rollout", Some(body)).await?;
+        if json {
+            print!("{}", String::from_utf8_lossy(&bytes));
+        } else if code.is_success() {
+            print!("{}", ctl_rollout::render_rollout_plan(&bytes)?);
+        }
+        if code.is_success() {
+            return Ok(());
+        }
+        return Err(
+            anyhow::Error::new(ctl::refusal(code, &bytes)).context("the rollout would not start")
+        );
+    }
+    let bytes = ctl::call(socket, Method::POST, "/rollout", Some(body))
+        .await
+        .context("the rollout did not start")?;
+    let record = ctl_rollout::parse_record(&bytes)?;
+    if json {
+        println!("{}", String::from_utf8_lossy(&bytes).trim_end());
+    } else if args.wait {
+        println!("{}", ctl_rollout::progress_line(&record));
+    } else {
+        print!("{}", ctl_rollout::render_record(&record));
+    }
+    if !args.wait {
+        return Ok(());
+    }
+    let end = ctl_rollout::follow(socket, &record, json).await?;
+    let line = ctl_rollout::outcome_line(&end);
+    if end.state == cutover::rollout::State::Promoted {
+        if !json {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    Err(ctl_rollout::Ended {
+        state: end.state,
+        line,
+    }
+    .into())
 }
