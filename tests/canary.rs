@@ -331,6 +331,14 @@ async fn a_green_that_starts_failing_in_step_two_is_rolled_back_within_two_secon
     );
     assert_eq!(r["breach"]["gate"], "max_error_rate", "{r}");
     assert!(r["breach"]["value"].as_f64() > Some(0.01), "{r}");
+    // The step's evidence agrees with the verdict it ended with.
+    let last = &r["steps"][1];
+    assert_eq!(last["verdict"], "breach", "{r}");
+    let gate = last["gates"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["gate"] == "max_error_rate"))
+        .expect("the error-rate gate in the step's evidence");
+    assert_eq!(gate["passed"], false, "{r}");
     assert!(took < Duration::from_secs(2), "rollback took {took:?}");
     // Every failed answer is green's own 500: blue saw no error.
     assert!(

@@ -864,7 +864,11 @@ impl Rollouts {
             None => 0,
         };
         if r.state.is_active() {
-            let (canary, live) = (run.tallies[0].summary(), run.tallies[1].summary());
+            // The same tallies the continuous check judges, the running second included,
+            // so a step's evidence never contradicts the verdict it ended with.
+            let stats = &self.switchboard.tracker().telemetry().stats;
+            let (canary, live) =
+                judge::with_current(stats, r.plan.to, &run.tallies, run.last_second);
             let (gates, verdict) = judge::judge(&r.plan.gates, &canary, &live);
             let verdict = match verdict {
                 Verdict::Pass => "passing",
