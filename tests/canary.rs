@@ -2,104 +2,11 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
+use support::rollouts::{Load, history_actions, start_rollout, wait_rollout};
 use support::{Conn, Proxy, TestBackend, backend, request};
-
-/// Clients sending GET / in a loop on kept-alive connections (no cookie, so each
-/// request draws a new bucket), keeping every answer's colour and status.
-struct Load {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    seen: Arc<Mutex<Seen>>,
-}
-
-#[derive(Default)]
-struct Seen {
-    /// Answers by body: `blue`, `green`, or anything else.
-    blue: u64,
-    green: u64,
-    /// Answers other than 200 `blue` / 200 `green`: status, body.
-    bad: Vec<(StatusCode, String)>,
-    /// When the first answer other than a 200 came.
-    first_bad: Option<Instant>,
-}
-
-impl Load {
-    fn start(addr: std::net::SocketAddr, clients: usize) -> Load {
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let tasks = (0..clients)
-            .map(|_| {
-                let seen = Arc::clone(&seen);
-                tokio::spawn(async move {
-                    let mut conn = Conn::open(addr).await;
-                    loop {
-                        let a = conn.get("/").await;
-                        let mut s = seen.lock().expect("seen");
-                        match (a.status, a.text()) {
-                            (StatusCode::OK, "blue") => s.blue += 1,
-                            (StatusCode::OK, "green") => s.green += 1,
-                            (status, text) => {
-                                s.first_bad.get_or_insert_with(Instant::now);
-                                s.bad.push((status, text.to_owned()));
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { tasks, seen }
-    }
-
-    fn stop(self) -> Seen {
-        for t in &self.tasks {
-            t.abort();
-        }
-        std::mem::take(&mut *self.seen.lock().expect("seen"))
-    }
-}
-
-/// Starts a rollout with `body`; asserts it was accepted.
-async fn start_rollout(proxy: &Proxy, body: &str) -> serde_json::Value {
-    let (status, answer) = proxy.admin(Method::POST, "/rollout", body).await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    answer
-}
-
-/// Polls `GET /rollout` (every 10 ms, up to `within`) until `cond` holds.
-async fn wait_rollout(
-    proxy: &Proxy,
-    what: &str,
-    within: Duration,
-    cond: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let (_, r) = proxy.admin(Method::GET, "/rollout", "").await;
-        if cond(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The actions in `/history`, oldest first.
-async fn history_actions(proxy: &Proxy) -> Vec<String> {
-    let (_, history) = proxy.admin(Method::GET, "/history", "").await;
-    history["events"]
-        .as_array()
-        .map(|e| {
-            e.iter()
-                .filter_map(|e| e["action"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// The colour that answers a GET carrying `header: value` on `conn`.
 async fn colour_for(conn: &mut Conn, header: &str, value: &str) -> String {
@@ -553,7 +460,8 @@ async fn a_rollout_does_not_start_while_its_way_back_is_unhealthy_and_pauses_whe
 async fn pause_resume_abort_promote_and_approval_do_what_they_say_and_each_appears_in_history() {
     let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
     let load = Load::start(proxy.addr, 2);
-    let long = r#"{"to":"green","steps":[10,50,100],"step_duration":"1h","gates":{"min_requests":1}}"#;
+    let long =
+        r#"{"to":"green","steps":[10,50,100],"step_duration":"1h","gates":{"min_requests":1}}"#;
 
     // Pause freezes the clock, resume runs it on.
     start_rollout(&proxy, long).await;
@@ -563,7 +471,11 @@ async fn pause_resume_abort_promote_and_approval_do_what_they_say_and_each_appea
     let frozen = r["time_left_ms"].as_u64();
     tokio::time::sleep(Duration::from_millis(600)).await;
     let (_, r) = proxy.admin(Method::GET, "/rollout", "").await;
-    assert_eq!(r["time_left_ms"].as_u64(), frozen, "the clock ran while paused");
+    assert_eq!(
+        r["time_left_ms"].as_u64(),
+        frozen,
+        "the clock ran while paused"
+    );
     let (status, _) = proxy.admin(Method::POST, "/rollout/pause", "").await;
     assert_eq!(status, StatusCode::CONFLICT, "pausing twice is refused");
     let (status, r) = proxy.admin(Method::POST, "/rollout/resume", "").await;
@@ -598,7 +510,10 @@ async fn pause_resume_abort_promote_and_approval_do_what_they_say_and_each_appea
     assert_eq!(r["state"], "awaiting_approval", "{r}");
     tokio::time::sleep(Duration::from_millis(600)).await;
     let status = proxy.status().await;
-    assert_eq!(status["live"], "green", "waiting for approval promotes nothing");
+    assert_eq!(
+        status["live"], "green",
+        "waiting for approval promotes nothing"
+    );
     assert_eq!(status["canary"]["color"], "blue", "{status}");
     let (status, r) = proxy.admin(Method::POST, "/rollout/promote", "").await;
     assert_eq!(status, StatusCode::OK, "{r}");

@@ -9,7 +9,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use support::{Conn, Proxy, TestBackend};
+use support::rollouts::{Load, wait_rollout};
+use support::{Proxy, TestBackend};
 
 /// Runs `cmd` to its end, killing it (and failing the test) after `within`.
 fn run_bounded(mut cmd: Command, within: Duration) -> Output {
@@ -95,57 +96,8 @@ fn both(o: &Output) -> String {
     )
 }
 
-/// Clients sending GET / through the proxy in a loop, so that every step's gates see
-/// enough requests to be conclusive.
-struct Load(Vec<tokio::task::JoinHandle<()>>);
-
-impl Load {
-    fn start(addr: std::net::SocketAddr, clients: usize) -> Load {
-        Load(
-            (0..clients)
-                .map(|_| {
-                    tokio::spawn(async move {
-                        let mut conn = Conn::open(addr).await;
-                        loop {
-                            conn.get("/").await;
-                        }
-                    })
-                })
-                .collect(),
-        )
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
-}
-
 async fn proxy_with(blue: &TestBackend, green: &TestBackend) -> Proxy {
     Proxy::start(&[blue.addr], &[green.addr], "").await
-}
-
-/// Polls `GET /rollout` (every 20 ms, up to 10 s) until `cond` holds.
-async fn wait_rollout(
-    proxy: &Proxy,
-    what: &str,
-    cond: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, r) = proxy.admin(Method::GET, "/rollout", "").await;
-        if cond(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +131,10 @@ async fn ctl_rollout_wait_exits_zero_when_a_good_green_is_promoted() {
         .await
     });
     // Meanwhile `ctl status` shows the rollout in one line.
-    wait_rollout(&proxy, "the start", |r| r["state"] == "running").await;
+    wait_rollout(&proxy, "the start", Duration::from_secs(10), |r| {
+        r["state"] == "running"
+    })
+    .await;
     let status = stdout(&ctl(&proxy.socket, &["status"]).await);
     assert!(
         status.contains("canary: green 50%")
@@ -315,7 +270,10 @@ async fn ctl_report_for_a_halted_rollout_names_the_breaching_gate_value_and_thre
         "{}",
         both(&out)
     );
-    let r = wait_rollout(&proxy, "the rollback", |r| r["state"] != "running").await;
+    let r = wait_rollout(&proxy, "the rollback", Duration::from_secs(10), |r| {
+        r["state"] != "running"
+    })
+    .await;
     assert_eq!(r["state"], "rolled_back", "{r}");
 
     let out = ctl(&proxy.socket, &["report"]).await;

@@ -7,6 +7,7 @@ pub mod clients;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod rollouts;
 pub mod tls;
 pub mod tls_backend;
 
