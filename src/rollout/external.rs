@@ -38,8 +38,8 @@ pub async fn webhooks(urls: &[String], body: &serde_json::Value) -> Result<(), S
 }
 
 /// Evaluates each query on `prometheus` (its base URL) with `$canary` and `$live`
-/// replaced. `Err` when a query cannot be evaluated or returns no sample: that is
-/// inconclusive, never a pass.
+/// replaced. `Err` when a query cannot be evaluated, returns no sample or returns NaN:
+/// that is inconclusive, never a pass.
 pub async fn queries(
     prometheus: &str,
     queries: &[Query],
@@ -61,6 +61,12 @@ pub async fn queries(
         }
         let value =
             first_value(&answer).ok_or_else(|| format!("query {expr:?} returned no sample"))?;
+        if value.is_nan() {
+            // 0/0 in PromQL: a rate over no requests. Nothing was measured.
+            return Err(format!(
+                "query {expr:?} returned NaN (no data in its window)"
+            ));
+        }
         let name = q.name.clone().unwrap_or_else(|| q.query.clone());
         let (threshold, passed) = match (q.max, q.min) {
             (Some(max), _) if value > max => (max, false),
@@ -162,6 +168,11 @@ mod tests {
         assert_eq!(first_value(scalar), Some(3.0));
         let empty = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
         assert_eq!(first_value(empty), None);
+        let nan = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.5,"NaN"]}]}}"#;
+        assert!(
+            first_value(nan).is_some_and(f64::is_nan),
+            "NaN is read, then refused"
+        );
         assert_eq!(encode("a b{c=\"d\"}"), "a%20b%7Bc%3D%22d%22%7D");
     }
 }
