@@ -2,8 +2,11 @@
 
 mod support;
 
+use std::time::Duration;
+
 use http::Method;
-use support::{Proxy, backend, get};
+use support::rollouts::{history_actions, start_rollout, wait_rollout};
+use support::{Conn, Proxy, backend, get, request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_the_same_state_file_comes_back_on_the_last_acknowledged_colour() {
@@ -101,4 +104,117 @@ async fn a_switch_that_cannot_be_persisted_answers_500_and_changes_nothing() {
     assert_eq!(after["live"], "blue");
     assert_eq!(after["generation"], status["generation"]);
     assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+}
+
+/// A rollout at 25 % with an hour-long first step, on a proxy with a state file;
+/// returns the proxy once the step is on.
+async fn proxy_mid_rollout(
+    dir: tempfile::TempDir,
+    blue: std::net::SocketAddr,
+    green: std::net::SocketAddr,
+    extra: &str,
+) -> Proxy {
+    let proxy = Proxy::start_in(dir, &[blue], &[green], extra).await;
+    start_rollout(
+        &proxy,
+        r#"{"to":"green","steps":[{"percent":25,"duration":"1h"},100],"gates":{"min_requests":1}}"#,
+    )
+    .await;
+    wait_rollout(&proxy, "the first step", Duration::from_secs(10), |r| {
+        r["state"] == "running" && r["weight"] == 2500
+    })
+    .await;
+    proxy
+}
+
+/// How many of `n` requests, each with a key of its own, green answered.
+async fn green_answers(proxy: &Proxy, n: usize) -> usize {
+    let mut conn = Conn::open(proxy.addr).await;
+    let mut green = 0;
+    for i in 0..n {
+        let mut req = request(Method::GET, "/", "");
+        req.headers_mut().insert(
+            http::header::COOKIE,
+            format!("cutover-bucket=restart-key-{i}")
+                .parse()
+                .expect("cookie"),
+        );
+        if conn.send(req).await.expect("answer").text() == "green" {
+            green += 1;
+        }
+    }
+    green
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_rollout_resumes_its_step_with_the_canary_weight_kept() {
+    let (blue, green) = (backend("blue").await, backend("green").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.json");
+    let extra = format!("[state]\nfile = \"{}\"", state.display());
+    let mut first = proxy_mid_rollout(dir, blue, green, &extra).await;
+    let before = green_answers(&first, 400).await;
+    let (_, r) = first.admin(Method::GET, "/rollout", "").await;
+    let id = r["id"].clone();
+    first.stop().await;
+
+    let second = Proxy::start_in(first.take_dir(), &[blue], &[green], &extra).await;
+    let r = wait_rollout(&second, "the resumed step", Duration::from_secs(10), |r| {
+        r["state"] == "running"
+    })
+    .await;
+    assert_eq!(r["id"], id, "the same rollout: {r}");
+    assert_eq!(r["step"], 0, "{r}");
+    assert_eq!(r["weight"], 2500, "{r}");
+    let status = second.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert_eq!(status["canary"]["color"], "green", "{status}");
+    assert_eq!(status["canary"]["weight"], 2500, "{status}");
+    // The same keys land where they did before the restart.
+    assert_eq!(green_answers(&second, 400).await, before);
+    assert!(
+        (50..=150).contains(&before),
+        "about a quarter of 400: {before}"
+    );
+    let actions = history_actions(&second).await;
+    assert!(actions.iter().any(|a| a == "rollout.resume"), "{actions:?}");
+    // It still runs: a promotion goes through.
+    let (code, body) = second.admin(Method::POST, "/rollout/promote", "").await;
+    assert!(code.is_success(), "{body}");
+    assert_eq!(second.status().await["live"], "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_rollout_aborts_it_when_on_restart_is_abort() {
+    let (blue, green) = (backend("blue").await, backend("green").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.json");
+    let extra = format!("[state]\nfile = \"{}\"", state.display());
+    let mut first = proxy_mid_rollout(dir, blue, green, &extra).await;
+    first.stop().await;
+
+    let abort = format!("{extra}\n\n[rollout]\non_restart = \"abort\"\n");
+    let second = Proxy::start_in(first.take_dir(), &[blue], &[green], &abort).await;
+    let r = wait_rollout(&second, "the abort", Duration::from_secs(10), |r| {
+        r["state"] != "running"
+    })
+    .await;
+    assert_eq!(r["state"], "aborted", "{r}");
+    let status = second.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert!(
+        status["canary"].is_null(),
+        "the canary is cleared: {status}"
+    );
+    assert_eq!(green_answers(&second, 100).await, 0);
+    let actions = history_actions(&second).await;
+    assert!(actions.iter().any(|a| a == "rollout.abort"), "{actions:?}");
+    // And the abort is what the state file now holds: a third start finds nothing to
+    // resume.
+    let mut second = second;
+    second.stop().await;
+    let third = Proxy::start_in(second.take_dir(), &[blue], &[green], &extra).await;
+    let (_, r) = third.admin(Method::GET, "/rollout", "").await;
+    assert_eq!(r["state"], "aborted", "{r}");
+    assert!(third.status().await["canary"].is_null());
 }
