@@ -152,10 +152,17 @@ async fn a_rollout_to_a_good_green_walks_every_step_under_load_and_promotes() {
         assert!(std::time::Instant::now() < deadline, "not promoted: {r}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    load.abort();
     let status = proxy.status().await;
     assert_eq!(status["live"], "green");
     assert!(status["canary"].is_null(), "{status}");
+    let role = &status["pools"]["blue"]["role"];
+    assert!(role == "draining" || role == "idle", "{status}");
+    // Blue drains while the load goes on (all of it now on green), then is idle.
+    proxy
+        .wait_until("blue drained", |s| s["pools"]["blue"]["role"] == "idle")
+        .await;
+    assert!(!load.is_finished(), "the load saw only 200s");
+    load.abort();
     let (_, history) = proxy.admin(Method::GET, "/history", "").await;
     let actions: Vec<&str> = history["events"]
         .as_array()
