@@ -43,6 +43,7 @@ CUTOVER = os.path.join(ROOT, "target/release/cutover")
 LOADGEN = os.path.join(ROOT, "target/release/examples/loadgen")
 PORTS = {"upstream": 18080, "haproxy": 18081, "nginx": 18082, "cutover": 18083, "cutover-nometrics": 18084}
 EXTRA = os.environ.get("CUTOVER_BENCH_EXTRA", "")  # extra TOML for cutover's config
+CANARY = float(os.environ.get("CANARY", "0"))  # percent of cutover's traffic split to green
 PROXY_CPU, LOAD_CPU = "0", ("1" if os.cpu_count() and os.cpu_count() > 1 else "0")
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -127,6 +128,30 @@ workers = 1
 enabled = {"true" if metrics else "false"}
 {EXTRA}
 """)
+
+
+def admin_post(sock_path, path, body, timeout=10):
+    """POST `body` to cutover's admin socket until it answers 200 (green's first health
+    check may still be on its way); returns the answer's first line."""
+    deadline, line = time.time() + timeout, ""
+    while time.time() < deadline:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(sock_path)
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}".encode())
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+            line = answer.split(b"\r\n", 1)[0].decode(errors="replace")
+            if " 200 " in line:
+                return line
+        except OSError as e:
+            line = str(e)
+        finally:
+            s.close()
+        time.sleep(0.2)
+    raise SystemExit(f"POST {path} on {sock_path}: {line}")
 
 
 def start(cpu, args, **kw):
@@ -294,6 +319,11 @@ def main():
         procs["cutover-nometrics"] = cutover("cutover-nometrics", False)
         for name, port in PORTS.items():
             wait_port(port)
+        if CANARY > 0:  # wrk sends no cookie: every request draws a bucket and gets one set
+            for name in ("cutover", "cutover-nometrics"):
+                admin_post(f"{work}/{name}.sock", "/canary", f'{{"color":"green","percent":{CANARY}}}')
+            print(f"cutover runs a {CANARY:g} % canary to green (its own backend name for the same upstream)",
+                  file=sys.stderr)
 
         targets = ["direct", "haproxy", "nginx", "cutover", "cutover-nometrics"]
         port_of = {"direct": PORTS["upstream"], **{t: PORTS[t] for t in targets[1:]}}

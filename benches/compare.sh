@@ -4,6 +4,7 @@
 #
 #   bash benches/compare.sh                # ~4.5 minutes on 2 cores
 #   DURATION=5 ROUNDS=2 FIXED_DURATION=2 FIXED_ROUNDS=3 bash benches/compare.sh
+#   CANARY=10 bash benches/compare.sh      # cutover with a 10 % canary split on
 #   bash benches/compare.sh --instructions   # user-space instructions/request (callgrind), ~1 min
 #
 # Installs haproxy, nginx and wrk from Debian when missing, builds cutover and the

@@ -19,7 +19,7 @@ use cutover::metrics::Telemetry;
 use cutover::pool::Pool;
 use cutover::rules::forwarded::Client;
 use cutover::rules::{Policy, request};
-use cutover::snapshot::{Color, Snapshot};
+use cutover::snapshot::{Canary, Color, Snapshot};
 use cutover::upstream::Upstreams;
 
 fn snapshot() -> Snapshot {
@@ -72,6 +72,31 @@ fn route_and_pick(c: &mut Criterion) {
                 guard.status = 200;
                 black_box(guard);
             })
+        });
+    }
+}
+
+/// Routing alone, without and with a 10 % canary: a request that carries its bucket
+/// cookie, and one that has none (a bucket is drawn and a cookie set).
+fn route_canary(c: &mut Criterion) {
+    let off = snapshot();
+    let on = off.with_canary(Some(Canary {
+        color: Color::Green,
+        weight: 1000,
+    }));
+    let plain = Request::get("/api/items?page=2").body(()).expect("request");
+    let keyed = Request::get("/api/items?page=2")
+        .header("cookie", "session=abc; cutover-bucket=4f1c2a9e")
+        .body(())
+        .expect("request");
+    let client = std::net::Ipv4Addr::LOCALHOST.into();
+    for (name, snap, req) in [
+        ("route: no canary", &off, &plain),
+        ("route: 10 % canary, bucket cookie sent", &on, &keyed),
+        ("route: 10 % canary, no cookie (one drawn)", &on, &plain),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| black_box(snap.route(black_box(req), client, false)))
         });
     }
 }
@@ -184,5 +209,12 @@ fn relay_heads(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_and_pick, swap, header_rewrite, relay_heads);
+criterion_group!(
+    benches,
+    route_and_pick,
+    route_canary,
+    swap,
+    header_rewrite,
+    relay_heads
+);
 criterion_main!(benches);
