@@ -139,16 +139,24 @@ pub fn render_status(s: &Status) -> String {
     for color in Color::ALL {
         let p = s.pools.of(color);
         let w = &p.window_10s;
+        // With nothing finished in the window there is no rate or latency to show.
+        let measured = |v: f64| {
+            if w.requests == 0 {
+                "-".to_owned()
+            } else {
+                format!("{v:.1}")
+            }
+        };
         let _ = writeln!(
             out,
-            "{:<6} {:<8} {:>8} {:>8.1} {:>6.1} {:>8.1} {:>8.1} {:>9} {:>7}",
+            "{:<6} {:<8} {:>8} {:>8.1} {:>6} {:>8} {:>8} {:>9} {:>7}",
             color.as_str(),
             p.role,
             format!("{}/{}", p.healthy, p.total),
             w.requests_per_second,
-            w.error_rate * 100.0,
-            w.p50_ms,
-            w.p99_ms,
+            measured(w.error_rate * 100.0),
+            measured(w.p50_ms),
+            measured(w.p99_ms),
             p.in_flight,
             p.tunnels
         );
@@ -179,13 +187,16 @@ pub fn render_reload(bytes: &[u8]) -> Result<String, CtlError> {
 
 fn render_backends(out: &mut String, color: Color, pool: &PoolStatus) {
     for b in &pool.backends {
-        let state = match (b.healthy, b.ejected) {
-            (true, _) => "up",
-            (false, true) => "ejected",
-            (false, false) => "down",
+        let state = match (b.healthy, b.ejected, b.verified) {
+            (true, _, true) => "up",
+            // Not yet through `rise` passing checks, or never checked: the gate does
+            // not count it.
+            (true, _, false) => "pending",
+            (false, true, _) => "ejected",
+            (false, false, _) => "down",
         };
-        let mut problem = b.problem.clone().unwrap_or_default();
-        problem.truncate(20);
+        // The last column: the whole cause, however long (a terminal wraps it).
+        let problem = b.problem.as_deref().unwrap_or_default();
         let line = format!(
             "{:<6} {:<28} {:<8} {:>9}  {problem}",
             color.as_str(),
@@ -200,6 +211,8 @@ fn render_backends(out: &mut String, color: Color, pool: &PoolStatus) {
 /// `ctl top`: the status table redrawn every second in place until interrupted; with
 /// `json`, one compact status object per line.
 pub async fn top(socket: &Path, json: bool) -> Result<(), CtlError> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal();
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         every.tick().await;
@@ -208,11 +221,13 @@ pub async fn top(socket: &Path, json: bool) -> Result<(), CtlError> {
             let v: serde_json::Value =
                 serde_json::from_slice(&bytes).map_err(|e| CtlError::Decode(e.to_string()))?;
             format!("{v}\n")
-        } else {
+        } else if terminal {
             // Home the cursor and clear the screen, then draw.
             format!("\x1b[H\x1b[2J{}", render_status(&parse_status(&bytes)?))
+        } else {
+            // To a file or a pipe: one table after another, a blank line between.
+            format!("{}\n", render_status(&parse_status(&bytes)?))
         };
-        use std::io::Write;
         let mut stdout = std::io::stdout().lock();
         if stdout
             .write_all(frame.as_bytes())
@@ -308,4 +323,29 @@ pub fn render_plan(code: StatusCode, bytes: &[u8]) -> Result<String, CtlError> {
         plan["drain_in_flight"], plan["drain_tunnels"]
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_row_keeps_a_multibyte_problem_whole() {
+        // "é" is two bytes: byte 20 falls inside one of them.
+        let problem = "connect failed: éééééé — refusé";
+        let pool: PoolStatus = serde_json::from_value(serde_json::json!({
+            "role": "idle", "in_flight": 0, "tunnels": 0, "closed_by_drain": 0,
+            "requests_closed_by_drain": 0, "draining_since": null, "drain_deadline": null,
+            "window_10s": crate::stats::Window::default(),
+            "window_60s": crate::stats::Window::default(),
+            "healthy": 0, "total": 1,
+            "backends": [{"address": "127.0.0.1:9", "healthy": false, "ejected": false,
+                          "in_flight": 0, "problem": problem}],
+        }))
+        .expect("a pool status");
+        let mut out = String::new();
+        render_backends(&mut out, Color::Green, &pool);
+        assert!(out.trim_end().ends_with(problem), "{out}");
+        assert!(out.contains(" down "), "{out}");
+    }
 }

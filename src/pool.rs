@@ -133,6 +133,11 @@ impl Backend {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Passed `rise` checks in a row (true without checks).
+    pub fn is_verified(&self) -> bool {
+        self.verified.load(Ordering::Relaxed)
+    }
+
     /// Gets traffic: healthy and not ejected. Reads the clock only while ejected.
     #[inline]
     pub fn is_available(&self) -> bool {

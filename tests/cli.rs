@@ -314,3 +314,80 @@ fn an_oversized_config_is_refused_unread_and_a_long_bad_value_is_quoted_short() 
         assert!(err.contains("more characters"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_top_into_a_pipe_prints_plain_tables_with_each_problem_whole_and_dashes_for_idle_pools()
+{
+    // Green accepts and hangs up at once: its checks fail with a long cause.
+    let hangup = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let green = hangup.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = hangup.accept().await {
+            drop(conn);
+        }
+    });
+    // Blue's first check is an hour away: healthy, not verified.
+    let extra = "[pools.blue.health]\npath = \"/healthz\"\ninterval = \"1h\"\n\n\
+                 [pools.green.health]\npath = \"/healthz\"\ninterval = \"50ms\"\nfall = 1\n";
+    let proxy = Proxy::start(&[backend("blue").await], &[green], extra).await;
+    let status = proxy
+        .wait_until("green down", |s| {
+            s["pools"]["green"]["backends"][0]["problem"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("no answer"))
+        })
+        .await;
+    let problem = status["pools"]["green"]["backends"][0]["problem"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(problem.len() > 20, "a cause worth keeping whole: {problem}");
+
+    let mut top = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args([
+            "ctl",
+            "--socket",
+            &proxy.socket.display().to_string(),
+            "top",
+        ])
+        .env("CUTOVER_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ctl top");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let _ = top.kill();
+    let out = top.wait_with_output().expect("ctl top output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+
+    assert!(!text.contains('\x1b'), "escapes into a pipe: {text:?}");
+    assert!(
+        text.matches("live: blue").count() >= 2,
+        "one table a second: {text}"
+    );
+    let row = |start: &str| {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no row {start:?} in {text}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    // COLOUR ROLE BACKENDS REQ/S ERR% P50 P99 IN-FLIGHT TUNNELS: nothing finished.
+    let blue_pool = row("blue   live");
+    assert_eq!(blue_pool[4..7], ["-", "-", "-"], "{text}");
+    let green_backend = text
+        .lines()
+        .find(|l| l.starts_with("green") && l.contains(&green.to_string()))
+        .unwrap_or_else(|| panic!("no row for {green} in {text}"));
+    assert!(
+        green_backend.contains(" down ") && green_backend.ends_with(&problem),
+        "{green_backend:?} should end with {problem:?}"
+    );
+    let blue_backend = text
+        .lines()
+        .find(|l| l.starts_with("blue") && l.contains("127.0.0.1:") && !l.contains(" live "))
+        .unwrap_or_else(|| panic!("no blue backend row in {text}"));
+    assert!(blue_backend.contains(" pending "), "{blue_backend:?}");
+}

@@ -190,6 +190,10 @@ pub struct BackendStatus {
     pub ejected: bool,
     /// Requests to this backend in flight now.
     pub in_flight: usize,
+    /// Passed `rise` checks in a row (always true without checks). Only verified
+    /// backends count for the switch gate; one never checked is not verified.
+    #[serde(default = "yes")]
+    pub verified: bool,
     /// The last failed check, if any.
     pub problem: Option<String>,
 }
@@ -202,6 +206,10 @@ pub struct StateView {
     pub restored: bool,
     /// Why an existing state file was ignored at start-up.
     pub error: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 // === impl Admin ===
@@ -424,6 +432,7 @@ impl Admin {
                     healthy: b.is_available(),
                     ejected: b.is_ejected(),
                     in_flight: b.in_flight(),
+                    verified: b.is_verified(),
                     problem: b.problem(),
                 })
                 .collect(),
