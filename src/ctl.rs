@@ -20,24 +20,70 @@ pub mod rollout;
 /// Why a `ctl` command failed; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
-    #[error("cannot reach cutover at {path}: {source}; is it running? (pass --socket PATH)")]
+    #[error("{}", connect_text(path, cause))]
     Connect {
         /// The admin socket that could not be reached (`--socket`).
         path: PathBuf,
         /// Why connecting failed: usually nothing listens there, or no permission.
-        source: std::io::Error,
+        /// Not a `source`: the message already says it, once.
+        cause: std::io::Error,
     },
     #[error("admin connection failed: {0}")]
     Http(#[from] hyper::Error),
-    #[error("refused ({status}): {message}")]
+    #[error("{message} ({status})")]
     Refused {
         /// The admin API's error status (4xx or 5xx).
         status: StatusCode,
-        /// The `error` text of the JSON answer, or the raw body when it has none.
+        /// The `error` text of the JSON answer (its API hints given as `ctl` flags), or
+        /// the raw body when it has none.
         message: String,
+        /// The answer as it came, for `--json`.
+        body: Bytes,
     },
     #[error("unexpected answer from the admin socket: {0}")]
     Decode(String),
+}
+
+/// Why the admin socket could not be reached, in the terms a `ctl` user can act on.
+fn connect_text(path: &Path, cause: &std::io::Error) -> String {
+    let at = path.display();
+    match cause.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "no admin socket at {at}; is cutover running? (pass --socket PATH or set CUTOVER_SOCKET)"
+        ),
+        std::io::ErrorKind::ConnectionRefused => format!(
+            "nothing listens on {at}: cutover is not running (the socket file is left from an              earlier run), or --socket names another file"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            let group = socket_group(path)
+                .map_or_else(String::new, |g| format!(" (its group is {g}; join it)"));
+            format!(
+                "permission denied on {at}: run as the user cutover runs as, or as a member                  of the socket's group{group} when [admin] mode lets the group in"
+            )
+        }
+        _ => format!("cannot reach cutover at {at}: {cause}"),
+    }
+}
+
+/// The name of the group owning `path`, from /etc/group.
+fn socket_group(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let gid = std::fs::metadata(path).ok()?.gid();
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id = fields.nth(1)?.parse::<u32>().ok()?;
+        (id == gid).then(|| name.to_owned())
+    })
+}
+
+/// The admin API's hints (JSON fields) as the `ctl` flags that set them.
+fn as_flags(message: &str) -> String {
+    message
+        .replace("pass \"force\": true", "pass --force")
+        .replace("\"force\": true", "--force")
+        .replace("expect_generation", "--expect-generation")
 }
 
 /// One admin call: the answer's JSON on 2xx, the server's error message otherwise.
@@ -58,9 +104,13 @@ pub async fn call(
 pub fn refusal(status: StatusCode, bytes: &[u8]) -> CtlError {
     let message = serde_json::from_slice::<serde_json::Value>(bytes)
         .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned());
-    CtlError::Refused { status, message }
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(as_flags))
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).trim_end().to_owned());
+    CtlError::Refused {
+        status,
+        message,
+        body: Bytes::copy_from_slice(bytes),
+    }
 }
 
 /// One admin call; the status and body, whatever the status.
@@ -72,9 +122,9 @@ pub async fn call_raw(
 ) -> Result<(StatusCode, Bytes), CtlError> {
     let stream = UnixStream::connect(socket)
         .await
-        .map_err(|source| CtlError::Connect {
+        .map_err(|cause| CtlError::Connect {
             path: socket.to_owned(),
-            source,
+            cause,
         })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -296,6 +346,15 @@ pub fn render_plan(code: StatusCode, bytes: &[u8]) -> Result<String, CtlError> {
         plan["to"].as_str().unwrap_or("?"),
     );
     let mut out = String::new();
+    if code.is_success() && plan["changed"] == false {
+        // What the real call would answer, so a dry run never promises a drain.
+        let _ = writeln!(
+            out,
+            "dry run: {to} is already live (generation {}); the switch would change nothing",
+            plan["generation"]
+        );
+        return Ok(out);
+    }
     let verdict = if code.is_success() {
         "would be accepted".to_owned()
     } else {

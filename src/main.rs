@@ -47,7 +47,13 @@ enum Command {
     /// Talk to a running cutover over its admin socket.
     Ctl {
         /// The admin socket.
-        #[arg(long, short, default_value = "cutover.sock", env = "CUTOVER_SOCKET")]
+        #[arg(
+            long,
+            short,
+            global = true,
+            default_value = "cutover.sock",
+            env = "CUTOVER_SOCKET"
+        )]
         socket: PathBuf,
         /// Print the server's JSON instead of a table.
         #[arg(long, global = true)]
@@ -243,7 +249,13 @@ fn main() -> ExitCode {
             socket,
             json,
             command,
-        } => block_on(Some(1), ctl_command(&socket, json, command)),
+        } => block_on(Some(1), ctl_command(&socket, json, command)).inspect_err(|e| {
+            // With --json a refusal is printed as the server's JSON (with its `gate`
+            // detail) too, for a script to read; the exit code still says it failed.
+            if let (true, Some(ctl::CtlError::Refused { body, .. })) = (json, e.downcast_ref()) {
+                println!("{}", String::from_utf8_lossy(body).trim_end());
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -511,10 +523,13 @@ async fn dry_run_command(
     body: serde_json::Value,
 ) -> anyhow::Result<()> {
     let (code, bytes) = ctl::call_raw(socket, Method::POST, "/switch", Some(body)).await?;
-    if json {
-        print!("{}", String::from_utf8_lossy(&bytes));
-    } else {
-        print!("{}", ctl::render_plan(code, &bytes)?);
+    match (json, code.is_success()) {
+        (true, true) => print!("{}", String::from_utf8_lossy(&bytes)),
+        // Printed (once) as a refusal's JSON on the way out.
+        (true, false) => {
+            return Err(anyhow::Error::new(ctl::refusal(code, &bytes)).context("dry run"));
+        }
+        (false, _) => print!("{}", ctl::render_plan(code, &bytes)?),
     }
     if code.is_success() {
         Ok(())
@@ -533,7 +548,10 @@ async fn canary_command(
     if dry_run {
         let (code, bytes) = ctl::call_raw(socket, Method::POST, "/canary", Some(body)).await?;
         if json {
-            print!("{}", String::from_utf8_lossy(&bytes));
+            // A refusal's JSON is printed on the way out.
+            if code.is_success() {
+                print!("{}", String::from_utf8_lossy(&bytes));
+            }
         } else {
             // A refusal of the dry run itself (a bad colour) has no gate to show.
             match ctl_rollout::render_canary_plan(code, &bytes) {
@@ -600,7 +618,10 @@ async fn rollout_start(
     if args.dry_run {
         let (code, bytes) = ctl::call_raw(socket, Method::POST, "/rollout", Some(body)).await?;
         if json {
-            print!("{}", String::from_utf8_lossy(&bytes));
+            // A refusal's JSON is printed on the way out.
+            if code.is_success() {
+                print!("{}", String::from_utf8_lossy(&bytes));
+            }
         } else if code.is_success() {
             print!("{}", ctl_rollout::render_rollout_plan(&bytes)?);
         }

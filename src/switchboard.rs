@@ -123,6 +123,9 @@ pub struct Plan {
     pub to: Color,
     /// The generation after the switch; the current one when `to` is already live.
     pub generation: u64,
+    /// False when `to` is already live: the real call would change nothing (as its
+    /// answer's `changed` says).
+    pub changed: bool,
     /// The gate verdict on the target pool.
     pub gate: GateReport,
     /// Requests and tunnels of the current live colour that would drain.
@@ -266,6 +269,7 @@ impl Switchboard {
             from: cur.live,
             to: req.to,
             generation: cur.generation + u64::from(changes),
+            changed: changes,
             gate: health::gate(cur.pool(req.to)),
             drain_in_flight: drain(self.tracker.in_flight(cur.live)),
             drain_tunnels: drain(self.tracker.tunnels(cur.live)),

@@ -256,7 +256,7 @@ async fn ctl_switches_shows_a_table_and_exits_non_zero_with_the_servers_message_
     let out = cutover(&["ctl", "--socket", "/nonexistent/cutover.sock", "status"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("cannot reach cutover"),
+        stderr(&out).contains("no admin socket at /nonexistent/cutover.sock"),
         "{}",
         stderr(&out)
     );
@@ -390,4 +390,89 @@ async fn ctl_top_into_a_pipe_prints_plain_tables_with_each_problem_whole_and_das
         .find(|l| l.starts_with("blue") && l.contains("127.0.0.1:") && !l.contains(" live "))
         .unwrap_or_else(|| panic!("no blue backend row in {text}"));
     assert!(blue_backend.contains(" pending "), "{blue_backend:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_takes_flags_after_its_subcommand_prints_a_refusal_as_json_and_names_ctl_flags() {
+    let green = support::closed_port().await;
+    let extra = "[pools.green.health]\npath = \"/healthz\"\ninterval = \"50ms\"\nfall = 1\n";
+    let proxy = Proxy::start(&[backend("blue").await], &[green], extra).await;
+    proxy
+        .wait_until("green down", |s| s["pools"]["green"]["healthy"] == 0)
+        .await;
+    let sock = proxy.socket.display().to_string();
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            cutover(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .expect("ctl")
+    };
+    let args = |list: &[&str]| list.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+
+    // --socket and --json after the subcommand.
+    let out = run(args(&["ctl", "status", "--json", "--socket", &sock])).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["live"], "blue");
+
+    // A refused switch with --json: the server's JSON, gate included, and exit 1.
+    let out = run(args(&[
+        "ctl", "switch", "green", "--json", "--socket", &sock,
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the refusal as JSON on stdout");
+    assert!(json["error"].is_string(), "{json}");
+    assert_eq!(json["gate"]["ready"], 0, "{json}");
+    // The same refusal for a person: ctl's flag, not the API's field, and one "refused".
+    let out = run(args(&["ctl", "--socket", &sock, "switch", "green"])).await;
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--force") && !err.contains("\"force\""),
+        "{err}"
+    );
+    assert_eq!(err.matches("refused:").count(), 1, "{err}");
+    assert_eq!(proxy.status().await["live"], "blue");
+
+    // A dry run to the live colour says what the real call says.
+    let out = run(args(&[
+        "ctl",
+        "--socket",
+        &sock,
+        "switch",
+        "blue",
+        "--dry-run",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("already live"), "{text}");
+    assert!(!text.contains("drain"), "{text}");
+    let real = run(args(&["ctl", "--socket", &sock, "switch", "blue"])).await;
+    assert!(
+        String::from_utf8_lossy(&real.stdout).contains("already live"),
+        "{}",
+        String::from_utf8_lossy(&real.stdout)
+    );
+
+    // No socket there: said once, with what to do.
+    let missing = proxy.socket.with_file_name("nothing.sock");
+    let out = run(args(&[
+        "ctl",
+        "status",
+        "--socket",
+        &missing.display().to_string(),
+    ]))
+    .await;
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no admin socket at") && err.contains("--socket"),
+        "{err}"
+    );
+    assert!(err.matches("os error").count() <= 1, "{err}");
+    assert!(!err.contains("No such file or directory"), "{err}");
 }
