@@ -161,6 +161,9 @@ pub fn render_status(s: &Status) -> String {
     if let Some(err) = &s.state.error {
         let _ = writeln!(out, "state file problem: {err}");
     }
+    if let Some(why) = &s.state.not_persisted {
+        let _ = writeln!(out, "NOT PERSISTED: {why}");
+    }
     if let Some(c) = &s.canary {
         let _ = writeln!(out, "canary: {} {}%", c.color, c.percent);
     }
@@ -292,10 +295,14 @@ pub async fn top(socket: &Path, json: bool) -> Result<(), CtlError> {
 
 /// The one-line summary printed after a switch or rollback.
 pub fn render_change(s: &Status) -> String {
-    match (s.changed, s.previous) {
+    let line = match (s.changed, s.previous) {
         (Some(false), _) => format!("{} is already live (generation {})", s.live, s.generation),
         (_, Some(prev)) => format!("{} → {} (generation {})", prev, s.live, s.generation),
         _ => format!("{} is live (generation {})", s.live, s.generation),
+    };
+    match &s.warning {
+        Some(w) => format!("{line}\nWARNING: NOT PERSISTED: {w}"),
+        None => line,
     }
 }
 

@@ -111,6 +111,9 @@ pub struct Telemetry {
     certificate_reloads: [Counter; 2],
     /// `cutover_config_reloads_total` by result: ok, then error.
     reloads: [Counter; 2],
+    /// `cutover_state_persisted`: 0 while the routing in effect is not in the state
+    /// file (a rollback applied though the write failed), 1 otherwise.
+    state_persisted: Gauge,
     /// Requests routed off the plain live path, by [`ROUTED`] reason (canary, forced,
     /// pinned): kept as atomics so `/status` can show them too.
     routed: [AtomicU64; 3],
@@ -179,8 +182,11 @@ impl Telemetry {
         });
         let reloads = ["ok", "error"]
             .map(|result| counter("cutover_config_reloads_total", &[("result", result)]));
+        let state_persisted = recorder.register_gauge(&key("cutover_state_persisted", &[]), &META);
+        state_persisted.set(1.0);
         let handle = recorder.handle();
         Telemetry {
+            state_persisted,
             handshake_failures,
             certificate_reloads,
             enabled,
@@ -259,6 +265,11 @@ impl Telemetry {
 
     pub fn switched(&self, rollback: bool, forced: bool) {
         self.switches[usize::from(rollback)][usize::from(forced)].increment(1);
+    }
+
+    /// Whether the state file holds the routing in effect.
+    pub fn state_persisted(&self, persisted: bool) {
+        self.state_persisted.set(f64::from(u8::from(persisted)));
     }
 
     /// A config reload that applied (`ok`) or changed nothing (`!ok`).
@@ -378,7 +389,7 @@ impl DurationHistogram {
 }
 
 fn describe(r: &PrometheusRecorder) {
-    let help: [(&str, Option<Unit>, &str, bool); 20] = [
+    let help: [(&str, Option<Unit>, &str, bool); 21] = [
         (
             "cutover_routed_requests_total",
             None,
@@ -494,6 +505,12 @@ fn describe(r: &PrometheusRecorder) {
             false,
         ),
         ("cutover_up", None, "Always 1 while cutover runs.", false),
+        (
+            "cutover_state_persisted",
+            None,
+            "0 while the routing in effect could not be written to the state file (retried every second), else 1.",
+            false,
+        ),
     ];
     for (name, unit, text, counter) in help {
         let text = SharedString::from(text);

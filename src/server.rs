@@ -278,6 +278,7 @@ impl Server {
         // READY=1 (and STATUS=, WATCHDOG=1) for a service manager, when one listens.
         let switchboard = Arc::clone(&self.admin.switchboard);
         background.spawn(Arc::clone(&self.admin.rollouts).drive(first_round.clone().wait()));
+        background.spawn(Arc::clone(&self.admin.switchboard).retry_persist());
         background.spawn(sd_notify::supervise(first_round.wait(), move || {
             let snap = switchboard.snapshot();
             format!("live {}, generation {}", snap.live, snap.generation)

@@ -112,6 +112,9 @@ pub struct Change {
     pub generation: u64,
     /// False when the target was already live: nothing was swapped or persisted.
     pub changed: bool,
+    /// Applied although the state file could not be written (the way back always
+    /// works); why, and that the write is retried.
+    pub unpersisted: bool,
 }
 
 /// What a switch would do, without doing it (`dry_run`), or what it did.
@@ -160,6 +163,9 @@ pub struct CanaryRequest {
     pub force: bool,
 }
 
+/// How often a state file that could not be written is tried again.
+pub const PERSIST_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Switchboard {
     /// The one routing pointer the proxy reads per request.
     snapshot: Arc<ArcSwap<Snapshot>>,
@@ -173,6 +179,10 @@ pub struct Switchboard {
     report: StateReport,
     /// The rollout record and the history, persisted with each change.
     book: std::sync::Mutex<Book>,
+    /// Why the state file does not hold the routing in effect (a way back applied
+    /// though its write failed); [`retry_persist`](Switchboard::retry_persist) clears
+    /// it once a write succeeds.
+    unpersisted: std::sync::Mutex<Option<String>>,
 }
 
 // === impl Switchboard ===
@@ -198,6 +208,63 @@ impl Switchboard {
                 rollout: restored.0,
                 history: History::new(restored.1, history),
             }),
+            unpersisted: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Why the routing in effect is not in the state file, while it is not.
+    pub fn unpersisted(&self) -> Option<String> {
+        self.unpersisted.lock().ok().and_then(|u| u.clone())
+    }
+
+    fn set_unpersisted(&self, why: Option<String>) {
+        self.tracker.telemetry().state_persisted(why.is_none());
+        if let Ok(mut u) = self.unpersisted.lock() {
+            *u = why;
+        }
+    }
+
+    /// Every [`PERSIST_RETRY`], while the state file is behind the routing in effect,
+    /// writes the current state again, until a write succeeds. Runs until the process
+    /// ends.
+    pub async fn retry_persist(self: Arc<Self>) {
+        let Some(path) = self.state_file.clone() else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(PERSIST_RETRY).await;
+            if self.unpersisted().is_none() {
+                continue;
+            }
+            let _writer = self.write.lock().await;
+            let state = self.state_now();
+            match persist(path.clone(), state).await {
+                Ok(()) => {
+                    self.set_unpersisted(None);
+                    tracing::info!(target: "cutover::audit", path = %path.display(), "state file written again: it holds the routing in effect");
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "state file still cannot be written");
+                }
+            }
+        }
+    }
+
+    /// The state as it stands: the snapshot in effect and the book.
+    fn state_now(&self) -> PersistedState {
+        let next = self.snapshot.load_full();
+        let (rollout, history) = match self.book.lock() {
+            Ok(b) => (b.rollout.clone(), b.history.to_vec()),
+            Err(_) => (None, Vec::new()),
+        };
+        PersistedState {
+            live: next.live,
+            previous: next.previous,
+            generation: next.generation,
+            canary: next.canary,
+            pins_from: next.pins_from,
+            rollout,
+            history,
         }
     }
 
@@ -245,6 +312,7 @@ impl Switchboard {
         self.change(
             action,
             req.expect_generation,
+            req.force,
             req.force,
             caller,
             note,
@@ -301,23 +369,31 @@ impl Switchboard {
         note: Note,
     ) -> Result<Change, SwitchError> {
         let drain = self.tracker.timeout;
-        self.change(action, expect_generation, false, caller, note, |cur| {
-            let pins_from = epoch_ms() / 1000 + 1;
-            if cur.canary.is_some() {
-                return Ok(Some(Snapshot {
+        self.change(
+            action,
+            expect_generation,
+            false,
+            true,
+            caller,
+            note,
+            |cur| {
+                let pins_from = epoch_ms() / 1000 + 1;
+                if cur.canary.is_some() {
+                    return Ok(Some(Snapshot {
+                        pins_from,
+                        ..cur.with_canary(None)
+                    }));
+                }
+                let to = cur.previous.ok_or(SwitchError::NoPrevious)?;
+                let until = epoch_ms().saturating_add(drain.as_millis() as u64);
+                Ok(Some(Snapshot {
                     pins_from,
-                    ..cur.with_canary(None)
-                }));
-            }
-            let to = cur.previous.ok_or(SwitchError::NoPrevious)?;
-            let until = epoch_ms().saturating_add(drain.as_millis() as u64);
-            Ok(Some(Snapshot {
-                pins_from,
-                // A rollback overrides pins: none to the colour left is honoured.
-                pin_drain_until_ms: 0,
-                ..cur.switched(to, until)
-            }))
-        })
+                    // A rollback overrides pins: none to the colour left is honoured.
+                    pin_drain_until_ms: 0,
+                    ..cur.switched(to, until)
+                }))
+            },
+        )
         .await
     }
 
@@ -344,6 +420,7 @@ impl Switchboard {
             action,
             req.expect_generation,
             req.force,
+            req.weight == 0,
             caller,
             note,
             |cur| canary_next(cur, req).map(Some),
@@ -369,10 +446,13 @@ impl Switchboard {
         let _writer = self.write.lock().await;
         let current = self.snapshot.load_full();
         let state = self.stage(&current, action, caller, &note);
-        if let Some(path) = &self.state_file
-            && let Err(e) = persist(path.clone(), state.clone()).await
-        {
-            tracing::warn!(path = %path.display(), error = %e, action, "could not persist a rollout event; kept in memory");
+        if let Some(path) = &self.state_file {
+            match persist(path.clone(), state.clone()).await {
+                Ok(()) => self.set_unpersisted(None),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, action, "could not persist a rollout event; kept in memory");
+                }
+            }
         }
         self.commit_book(state);
         tracing::info!(target: "cutover::audit", action, uid = caller.uid, generation = current.generation, reason = %note.reason, "rollout event");
@@ -432,11 +512,17 @@ impl Switchboard {
         }
     }
 
+    /// Compare, build, persist, swap. `way_back` (a rollback, a forced switch, a
+    /// canary cleared) is applied even when the state file cannot be written: the
+    /// answer and `/status` say so and the write is retried; any other change that
+    /// cannot be persisted is refused and changes nothing.
+    #[allow(clippy::too_many_arguments)]
     async fn change(
         &self,
         action: &'static str,
         expect_generation: Option<u64>,
         forced: bool,
+        way_back: bool,
         caller: Caller,
         note: Note,
         next: impl FnOnce(&Snapshot) -> Result<Option<Snapshot>, SwitchError>,
@@ -450,16 +536,33 @@ impl Switchboard {
                 to: current.live,
                 generation: current.generation,
                 changed: false,
+                unpersisted: false,
             });
         };
         let state = self.stage(&next, action, caller, &note);
+        let mut unpersisted = false;
         if let Some(path) = &self.state_file {
-            persist(path.clone(), state.clone())
-                .await
-                .map_err(|source| SwitchError::Persist {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+            match persist(path.clone(), state.clone()).await {
+                Ok(()) => self.set_unpersisted(None),
+                Err(source) if way_back => {
+                    let why = format!(
+                        "could not write {}: {source}; {action} applied anyway (the way back \
+                         always works), the state file is behind and is retried every {}s; \
+                         a restart now would come back on the last persisted routing",
+                        path.display(),
+                        PERSIST_RETRY.as_secs()
+                    );
+                    tracing::error!(target: "cutover::audit", action, uid = caller.uid, persisted = false, "{why}");
+                    self.set_unpersisted(Some(why));
+                    unpersisted = true;
+                }
+                Err(source) => {
+                    return Err(SwitchError::Persist {
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
+            }
         }
         self.commit_book(state);
         let (generation, to, canary) = (next.generation, next.live, next.canary);
@@ -481,6 +584,7 @@ impl Switchboard {
             old_generation = current.generation,
             generation,
             forced,
+            persisted = !unpersisted,
             reason = %note.reason,
             "routing changed"
         );
@@ -489,6 +593,7 @@ impl Switchboard {
             to,
             generation,
             changed: true,
+            unpersisted,
         })
     }
 }

@@ -218,3 +218,85 @@ async fn a_restart_mid_rollout_aborts_it_when_on_restart_is_abort() {
     assert_eq!(r["state"], "aborted", "{r}");
     assert!(third.status().await["canary"].is_null());
 }
+
+/// `cutover_state_persisted` from the admin socket's /metrics.
+async fn persisted_gauge(proxy: &Proxy) -> String {
+    let (_, text) = support::admin_text(&proxy.socket, "/metrics").await;
+    text.lines()
+        .find(|l| l.starts_with("cutover_state_persisted "))
+        .unwrap_or("no cutover_state_persisted")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_way_back_works_when_the_state_file_cannot_be_written_and_is_written_once_it_can() {
+    let (blue, green) = (backend("blue").await, backend("green").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir(&state_dir).expect("mkdir");
+    let state = state_dir.join("state.json");
+    let extra = format!("[state]\nfile = \"{}\"", state.display());
+    let proxy = Proxy::start_in(dir, &[blue], &[green], &extra).await;
+    proxy.switch("green").await;
+    assert_eq!(persisted_gauge(&proxy).await, "cutover_state_persisted 1");
+    // The disk goes away under the state file (a full or failed disk looks the same).
+    std::fs::remove_dir_all(&state_dir).expect("rm state dir");
+
+    // An ordinary switch still refuses and changes nothing.
+    let (code, body) = proxy
+        .admin(Method::POST, "/switch", r#"{"to":"blue"}"#)
+        .await;
+    assert_eq!(code, http::StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(proxy.status().await["live"], "green");
+
+    // A rollback takes effect, says loudly that it is not persisted.
+    let out = tokio::task::spawn_blocking({
+        let socket = proxy.socket.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+                .args(["ctl", "--socket", &socket.display().to_string(), "rollback"])
+                .env("CUTOVER_LOG", "error")
+                .output()
+                .expect("ctl rollback")
+        }
+    })
+    .await
+    .expect("ctl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("NOT PERSISTED"), "{stdout}");
+    assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+    let status = proxy.status().await;
+    assert_eq!(status["live"], "blue");
+    assert_eq!(status["state"]["persisted"], false, "{status}");
+    assert!(
+        status["state"]["not_persisted"]
+            .as_str()
+            .is_some_and(|w| w.contains("could not write")),
+        "{status}"
+    );
+    assert_eq!(persisted_gauge(&proxy).await, "cutover_state_persisted 0");
+
+    // So does a forced switch, with the warning in the answer.
+    let (code, body) = proxy
+        .admin(Method::POST, "/switch", r#"{"to":"green","force":true}"#)
+        .await;
+    assert_eq!(code, http::StatusCode::OK, "{body}");
+    assert!(body["warning"].is_string(), "{body}");
+    assert_eq!(get(proxy.addr, "/").await.text(), "green");
+    let generation = body["generation"].clone();
+
+    // The disk comes back: the retry writes what is in effect.
+    std::fs::create_dir(&state_dir).expect("mkdir again");
+    let status = proxy
+        .wait_until("the state file written again", |s| {
+            s["state"]["persisted"] == true
+        })
+        .await;
+    assert!(status["state"]["not_persisted"].is_null(), "{status}");
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("state file")).expect("JSON");
+    assert_eq!(on_disk["live"], "green");
+    assert_eq!(on_disk["generation"], generation);
+    assert_eq!(persisted_gauge(&proxy).await, "cutover_state_persisted 1");
+}

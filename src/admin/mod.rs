@@ -89,6 +89,9 @@ pub struct Status {
     /// Set on switch/rollback: false when the target was already live.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changed: Option<bool>,
+    /// Set on a change applied though the state file could not be written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// Both pools: role, counts, recent windows, and backends.
     pub pools: Pools,
     /// What happened to the state file at start-up.
@@ -206,6 +209,13 @@ pub struct StateView {
     pub restored: bool,
     /// Why an existing state file was ignored at start-up.
     pub error: Option<String>,
+    /// False while the routing in effect is not in the state file: a rollback or
+    /// forced switch was applied though its write failed (retried every second).
+    #[serde(default = "yes")]
+    pub persisted: bool,
+    /// Why it is not, while it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_persisted: Option<String>,
 }
 
 fn yes() -> bool {
@@ -373,11 +383,13 @@ impl Admin {
     pub fn status(&self, changed: Option<bool>) -> Status {
         let snap = self.switchboard.snapshot();
         let report: &StateReport = self.switchboard.report();
+        let not_persisted = self.switchboard.unpersisted();
         Status {
             live: snap.live,
             previous: snap.previous,
             generation: snap.generation,
             changed,
+            warning: changed.and(not_persisted.clone()),
             pools: Pools {
                 blue: self.pool_status(&snap, Color::Blue),
                 green: self.pool_status(&snap, Color::Green),
@@ -386,6 +398,8 @@ impl Admin {
                 file: report.path.clone(),
                 restored: report.restored,
                 error: report.error.clone(),
+                persisted: not_persisted.is_none(),
+                not_persisted,
             },
             last_reload: self.reloader.last(),
             canary: snap.canary.map(CanaryView::from),
