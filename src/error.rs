@@ -208,6 +208,8 @@ pub enum ReloadError {
     NoFile,
     #[error("the reload did not finish ({0}); the running config is unchanged")]
     Task(String),
+    #[error("{0}; the running config is unchanged")]
+    Override(String),
     #[error("{0}\nthe running config is unchanged")]
     Config(#[from] crate::config::ConfigError),
     #[error(

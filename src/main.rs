@@ -37,6 +37,13 @@ enum Command {
         /// The config file (TOML); without it the embedded demo runs.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// The proxy's address (host:port, port 0 picks a free one), over the config's
+        /// one listener or the demo's 127.0.0.1:8080.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// The admin socket's path, over `[admin] socket` or the demo's cutover.sock.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
     },
     /// Validate a config file and exit (0 when valid).
     Check {
@@ -237,13 +244,26 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         // The config is read before the runtime exists: it decides the runtime's shape.
-        Command::Run { config: file } => match file.as_deref().map(Config::load).transpose() {
-            Ok(config) => {
-                let workers = config.as_ref().map(|c| c.workers);
-                block_on(workers, run(config, file))
+        Command::Run {
+            config: file,
+            listen,
+            socket,
+        } => {
+            let overrides = cutover::config::Overrides { listen, socket };
+            match file.as_deref().map(Config::load).transpose() {
+                Ok(config) => match config
+                    .map(|c| c.with_overrides(overrides.clone()))
+                    .transpose()
+                {
+                    Ok(config) => {
+                        let workers = config.as_ref().map(|c| c.workers);
+                        block_on(workers, run(config, file, overrides))
+                    }
+                    Err(e) => Err(anyhow::anyhow!(e)),
+                },
+                Err(e) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        },
+        }
         Command::Check { config } => check(&config),
         Command::Ctl {
             socket,
@@ -308,7 +328,11 @@ fn init_tracing() {
         .init();
 }
 
-async fn run(config: Option<Config>, file: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(
+    config: Option<Config>,
+    file: Option<PathBuf>,
+    overrides: cutover::config::Overrides,
+) -> anyhow::Result<()> {
     let demo = config.is_none();
     let config = match config {
         Some(config) => config,
@@ -316,6 +340,8 @@ async fn run(config: Option<Config>, file: Option<PathBuf>) -> anyhow::Result<()
             let blue = cutover::demo::spawn_backend(Color::Blue).await?;
             let green = cutover::demo::spawn_backend(Color::Green).await?;
             Config::demo(blue, green)
+                .with_overrides(overrides)
+                .map_err(|e| anyhow::anyhow!(e))?
         }
     };
     let server = Server::bind_file(config, file).await?;
@@ -338,14 +364,19 @@ async fn run(config: Option<Config>, file: Option<PathBuf>) -> anyhow::Result<()
     if demo {
         let addr = server.proxy_addr()?;
         let sock = server.admin_socket().display().to_string();
+        // The binary as it was started (target/debug/cutover under `cargo run`), so the
+        // commands work as printed.
+        let me = std::env::args()
+            .next()
+            .unwrap_or_else(|| "cutover".to_owned());
         println!("cutover demo: blue is live at http://{addr}/");
         println!("  curl http://{addr}/                      # → blue");
-        println!("  cutover ctl --socket {sock} switch green   # or:");
+        println!("  {me} ctl --socket {sock} switch green   # or:");
         println!(
             "  curl --unix-socket {sock} -X POST -d '{{\"to\":\"green\"}}' http://cutover/switch"
         );
         println!("  curl http://{addr}/                      # → green");
-        println!("  cutover ctl --socket {sock} rollback");
+        println!("  {me} ctl --socket {sock} rollback");
     }
     server.run(shutdown_signal()).await;
     Ok(())

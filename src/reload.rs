@@ -228,6 +228,10 @@ impl Reloader {
         let config = tokio::task::spawn_blocking(move || Config::load(&path))
             .await
             .map_err(|e| ReloadError::Task(e.to_string()))??;
+        // The command line's overrides hold for the file read again, as at start.
+        let config = config
+            .with_overrides(self.started.overrides.clone())
+            .map_err(ReloadError::Override)?;
         let (old, new) = self
             .switchboard
             .reconfigure(config.routing.clone(), |current| {

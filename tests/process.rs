@@ -287,3 +287,98 @@ async fn a_flood_of_idle_clients_under_a_low_fd_limit_leaves_health_checks_and_a
     assert!(log.contains("connection limit reached"), "{log}");
     assert!(!log.contains("health: down"), "{log}");
 }
+
+/// Waits until `addr` accepts and `socket` exists; the log on failure.
+async fn wait_started(addr: std::net::SocketAddr, socket: &std::path::Path, log: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() || !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "cutover did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_listen_and_socket_move_the_demo_and_override_a_config_across_reloads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("demo.log");
+
+    // The demo, on a port and socket of our choosing.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let socket = dir.path().join("demo.sock");
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "--listen", &addr.to_string(), "--socket"])
+        .arg(&socket)
+        .env("CUTOVER_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start the demo");
+    wait_started(addr, &socket, &log).await;
+    assert_eq!(support::get(addr, "/").await.text().trim(), "blue");
+    assert!(ctl(&socket, &["switch", "green"]).status.success());
+    assert_eq!(support::get(addr, "/").await.text().trim(), "green");
+    signal(&demo, libc::SIGTERM);
+    let out = demo.wait_with_output().expect("demo exits");
+    let banner = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(banner.contains(&format!("http://{addr}/")), "{banner}");
+    assert!(banner.contains(&socket.display().to_string()), "{banner}");
+
+    // A config whose listener and socket the command line replaces; a reload keeps them.
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let config = dir.path().join("cutover.toml");
+    std::fs::write(
+        &config,
+        support::config_text(dir.path(), &[blue.addr], &[green.addr], ""),
+    )
+    .expect("write config");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let socket = dir.path().join("other.sock");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--listen", &addr.to_string(), "--socket"])
+        .arg(&socket)
+        .env("CUTOVER_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start cutover");
+    wait_started(addr, &socket, &log).await;
+    assert!(
+        !dir.path().join("admin.sock").exists(),
+        "the config's socket"
+    );
+    let out = ctl(&socket, &["--json", "reload"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{report}");
+    assert!(
+        !report.contains("listen") && !report.contains("admin.socket"),
+        "{report}"
+    );
+    assert_eq!(support::get(addr, "/").await.text(), "blue");
+    signal(&run, libc::SIGTERM);
+    let _ = run.wait();
+
+    // --listen over a config with two listeners is refused, naming why.
+    let two = support::config_text(
+        dir.path(),
+        &[blue.addr],
+        &[green.addr],
+        "[[listen.extra]]\naddress = \"127.0.0.1:0\"\n",
+    );
+    std::fs::write(&config, two).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("--listen") && err.contains("has 2"), "{err}");
+}

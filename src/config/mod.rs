@@ -21,6 +21,15 @@ pub use listeners::{CertFiles, DEFAULT_HANDSHAKE_TIMEOUT, Endpoint, SniCert, Tls
 pub use routing::{DEFAULT_STEP, RolloutConfig};
 
 /// A validated configuration; every field has been checked.
+/// Settings the command line gives over the config's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `run --listen ADDR`: the proxy's address.
+    pub listen: Option<SocketAddr>,
+    /// `run --socket PATH`: the admin socket.
+    pub socket: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where clients connect, and how long they have to send a request head.
@@ -33,6 +42,9 @@ pub struct Config {
     pub pools: [PoolConfig; 2],
     /// The colour that is live on the very first start (afterwards the state file wins).
     pub initial_live: Color,
+    /// What the command line replaced (`run --listen`, `--socket`); reloads of the
+    /// file apply it again.
+    pub overrides: Overrides,
     /// Timeouts and idle-connection limits for the connections to backends.
     pub upstream: UpstreamConfig,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
@@ -297,6 +309,32 @@ impl Config {
 
     /// The embedded demo: proxy on 127.0.0.1:8080, admin socket `./cutover.sock`, the
     /// given in-process demo backends, blue live.
+    /// The config with the command line's `overrides` applied. `--listen` replaces
+    /// the one listener's address; a config with several is refused (say which in the
+    /// file).
+    pub fn with_overrides(mut self, overrides: Overrides) -> Result<Config, String> {
+        if let Some(address) = overrides.listen {
+            match self.listen.endpoints.as_mut_slice() {
+                [one] => {
+                    one.address = address;
+                    self.listen.address = address;
+                }
+                many => {
+                    return Err(format!(
+                        "--listen replaces the address of a config's one listener; this one \
+                         has {}: change [listen] in the file instead",
+                        many.len()
+                    ));
+                }
+            }
+        }
+        if let Some(socket) = &overrides.socket {
+            self.admin.socket.clone_from(socket);
+        }
+        self.overrides = overrides;
+        Ok(self)
+    }
+
     pub fn demo(blue: SocketAddr, green: SocketAddr) -> Config {
         Config {
             listen: ListenConfig {
@@ -333,6 +371,7 @@ impl Config {
                 },
             ],
             initial_live: Color::Blue,
+            overrides: Overrides::default(),
             upstream: UpstreamConfig::default(),
             shutdown_grace: DEFAULT_GRACE,
             workers: validate::default_workers(),

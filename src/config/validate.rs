@@ -218,6 +218,7 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
         state_file: raw.state.map(|s| s.file),
         pools: pools?,
         initial_live: initial_live.ok()?,
+        overrides: super::Overrides::default(),
         upstream,
         shutdown_grace,
         workers,
