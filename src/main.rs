@@ -250,7 +250,7 @@ fn main() -> ExitCode {
             socket,
         } => {
             let overrides = cutover::config::Overrides { listen, socket };
-            match file.as_deref().map(Config::load).transpose() {
+            match file.as_deref().map(Config::load_checked).transpose() {
                 Ok(config) => match config
                     .map(|c| c.with_overrides(overrides.clone()))
                     .transpose()
@@ -432,7 +432,7 @@ async fn shutdown_signal() {
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+    let config = Config::load_checked(path)?;
     println!(
         "{}: ok (listen {}, blue {} backend(s), green {} backend(s))",
         path.display(),

@@ -41,11 +41,21 @@ fn write_config(dir: &Path, name: &str, text: &str) -> String {
 
 #[test]
 fn check_accepts_the_shipped_example_and_a_minimal_config() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cutover.toml");
-    let out = cutover(&["check", "--config", example]);
+    // The example as installed: its directories (made by the systemd unit) in a
+    // scratch root.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/cutover.toml"))
+            .expect("read the example");
+    for system in ["/var/log/cutover", "/var/lib/cutover", "/run/cutover"] {
+        let scratch = dir.path().join(&system[1..]);
+        std::fs::create_dir_all(&scratch).expect("mkdir");
+        example = example.replace(system, &scratch.display().to_string());
+    }
+    let path = write_config(dir.path(), "example.toml", &example);
+    let out = cutover(&["check", "--config", &path]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), "good.toml", GOOD);
     let out = cutover(&["check", "--config", &path]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -475,4 +485,32 @@ async fn ctl_takes_flags_after_its_subcommand_prints_a_refusal_as_json_and_names
     );
     assert!(err.matches("os error").count() <= 1, "{err}");
     assert!(!err.contains("No such file or directory"), "{err}");
+}
+
+#[test]
+fn check_and_run_refuse_an_access_log_and_a_state_file_a_start_could_not_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-dir");
+    let text = format!(
+        "{GOOD}\n[state]\nfile = \"{}/state.json\"\n\n[access_log]\npath = \"{}/access.log\"\n",
+        missing.display(),
+        missing.display()
+    );
+    let path = write_config(dir.path(), "bad-paths.toml", &text);
+    let check = cutover(&["check", "--config", &path]);
+    assert!(!check.status.success(), "check said ok");
+    let err = stderr(&check);
+    assert!(
+        err.contains("state.file") && err.contains("access_log.path"),
+        "{err}"
+    );
+    assert!(err.contains("no-such-dir"), "{err}");
+    let run = cutover(&["run", "--config", &path]);
+    assert!(!run.status.success());
+    assert_eq!(stderr(&check), stderr(&run));
+    assert!(
+        !dir.path().join("admin.sock").exists(),
+        "nothing was started"
+    );
+    assert!(!missing.exists(), "check created nothing");
 }

@@ -266,6 +266,31 @@ pub struct Problem {
 
 struct Problems<'a>(&'a [Problem]);
 
+/// Whether this process may create files in `dir` (access(2) with W_OK and X_OK).
+fn writable_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Err(e) => return Err(format!("directory {} cannot be used: {e}", dir.display())),
+        Ok(m) if !m.is_dir() => return Err(format!("{} is not a directory", dir.display())),
+        Ok(_) => {}
+    }
+    let mode = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+    rustix::fs::access(dir, mode).map_err(|e| {
+        format!(
+            "directory {} is not writable by this user: {}",
+            dir.display(),
+            std::io::Error::from(e)
+        )
+    })
+}
+
+/// The directory a file `path` is created in.
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 impl fmt::Display for Problems<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, p) in self.0.iter().enumerate() {
@@ -290,6 +315,21 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// [`load`](Config::load), then [`preflight`](Config::preflight): what `check`
+    /// and a start read.
+    pub fn load_checked(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::load(path)?;
+        let problems = config.preflight();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -307,8 +347,53 @@ impl Config {
         }
     }
 
-    /// The embedded demo: proxy on 127.0.0.1:8080, admin socket `./cutover.sock`, the
-    /// given in-process demo backends, blue live.
+    /// What a start needs from the file system beyond the config's text, checked
+    /// without changing anything: the access log can be written (or created), the
+    /// state file's directory can take it and an existing one can be read, the admin
+    /// socket's directory exists and is writable. `cutover check` and `cutover run`
+    /// both refuse a config with any of these, each named by its key.
+    pub fn preflight(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.to_owned(),
+                message,
+            })
+        };
+        if let Some(log) = &self.access_log {
+            // access(2), not open(2): opening a FIFO with no reader would block.
+            let usable = if log.exists() {
+                rustix::fs::access(log, rustix::fs::Access::WRITE_OK).map_err(|e| {
+                    format!(
+                        "{} cannot be written by this user: {}",
+                        log.display(),
+                        std::io::Error::from(e)
+                    )
+                })
+            } else {
+                writable_dir(parent(log))
+            };
+            if let Err(message) = usable {
+                problem("access_log.path", message);
+            }
+        }
+        if let Some(file) = &self.state_file {
+            let usable =
+                writable_dir(parent(file)).and_then(|()| match std::fs::File::open(file) {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(format!("{} cannot be read: {e}", file.display())),
+                });
+            if let Err(message) = usable {
+                problem("state.file", message);
+            }
+        }
+        if let Err(message) = writable_dir(parent(&self.admin.socket)) {
+            problem("admin.socket", message);
+        }
+        problems
+    }
+
     /// The config with the command line's `overrides` applied. `--listen` replaces
     /// the one listener's address; a config with several is refused (say which in the
     /// file).
@@ -335,6 +420,8 @@ impl Config {
         Ok(self)
     }
 
+    /// The embedded demo: proxy on 127.0.0.1:8080, admin socket `./cutover.sock`, the
+    /// given in-process demo backends, blue live.
     pub fn demo(blue: SocketAddr, green: SocketAddr) -> Config {
         Config {
             listen: ListenConfig {

@@ -56,7 +56,7 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Co
                 problems,
                 "metrics.listen",
                 format!(
-                    "{:?} is not an IP:port address; write e.g. \"127.0.0.1:9090\"",
+                    "{:?} is not an IP:port address; write e.g. \"127.0.0.1:9464\"",
                     Excerpt(text)
                 ),
             );
