@@ -385,6 +385,10 @@ impl Drop for InFlight {
         let elapsed = started.elapsed();
         let telemetry = &self.tracker.telemetry;
         telemetry.finish(self.color, self.status, self.broken, elapsed);
+        if telemetry.enabled() {
+            let backend = self.backend.backend();
+            backend.tally.finish(self.status, self.broken, elapsed);
+        }
         if let (Some(log), Some(entry)) = (&telemetry.access_log, self.access.take()) {
             let line = serde_json::json!({
                 "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),

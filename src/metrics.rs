@@ -298,6 +298,8 @@ impl Telemetry {
         let gauge = |name, labels: &[(&'static str, &'static str)]| -> Gauge {
             self.recorder.register_gauge(&key(name, labels), &META)
         };
+        let mut backend_durations = String::new();
+        process_gauges(&gauge);
         for color in Color::ALL {
             let c = &[("color", color.as_str())];
             let view = counts[color.index()];
@@ -319,10 +321,39 @@ impl Telemetry {
                 self.recorder
                     .register_gauge(&healthy, &META)
                     .set(f64::from(u8::from(backend.is_available())));
-                let ejections = Key::from_parts("cutover_backend_ejections_total", labels);
+                let ejections = Key::from_parts("cutover_backend_ejections_total", labels.clone());
                 self.recorder
                     .register_counter(&ejections, &META)
                     .absolute(u64::from(backend.ejections()));
+                let tally = &backend.tally;
+                for (class, count) in CLASSES.iter().zip(&tally.requests) {
+                    let mut labels = labels.clone();
+                    labels.push(Label::new("class", *class));
+                    self.recorder
+                        .register_counter(
+                            &Key::from_parts("cutover_backend_requests_total", labels),
+                            &META,
+                        )
+                        .absolute(count.load(Ordering::Relaxed));
+                }
+                self.recorder
+                    .register_counter(
+                        &Key::from_parts("cutover_backend_errors_total", labels),
+                        &META,
+                    )
+                    .absolute(tally.errors.load(Ordering::Relaxed));
+                let count: u64 = tally
+                    .requests
+                    .iter()
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .sum();
+                let sum = tally.duration_us.load(Ordering::Relaxed) as f64 / 1e6;
+                let at = format!(
+                    "{{color=\"{color}\",backend=\"{}\"}}",
+                    escape_label(&backend.address)
+                );
+                let _ = writeln!(backend_durations, "{BACKEND_DURATION}_sum{at} {sum}");
+                let _ = writeln!(backend_durations, "{BACKEND_DURATION}_count{at} {count}");
             }
         }
         gauge("cutover_routing_generation", &[]).set(snapshot.generation as f64);
@@ -348,7 +379,65 @@ impl Telemetry {
         for color in Color::ALL {
             self.duration[color.index()].render(&mut text, color);
         }
+        let _ = writeln!(text, "# HELP {BACKEND_DURATION} {BACKEND_DURATION_HELP}");
+        let _ = writeln!(text, "# TYPE {BACKEND_DURATION} summary");
+        text.push_str(&backend_durations);
+        process_cpu(&mut text);
         text
+    }
+}
+
+/// Per-backend request time: `_sum` and `_count` only (the histogram is per colour).
+const BACKEND_DURATION: &str = "cutover_backend_request_duration_seconds";
+const BACKEND_DURATION_HELP: &str =
+    "Time of a backend's requests, from routing to the end of the response body.";
+
+/// A label value in the Prometheus text format.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `process_cpu_seconds_total` (a counter of float seconds, so written as text): user
+/// and system time from /proc/self/stat; nothing where it cannot be read.
+fn process_cpu(out: &mut String) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // utime and stime are fields 14 and 15; after the `(comm)` the first is field 3.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+        let hz = rustix::param::clock_ticks_per_second().max(1);
+        let seconds = (user + system) as f64 / hz as f64;
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total User and system CPU time of the process."
+        );
+        let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter");
+        let _ = writeln!(out, "process_cpu_seconds_total {seconds}");
+    }
+}
+
+/// The standard process gauges, read from /proc at scrape: resident memory and open
+/// file descriptors. Absent where /proc cannot be read.
+fn process_gauges(gauge: &impl Fn(&'static str, &[(&'static str, &'static str)]) -> Gauge) {
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+        && let Some(pages) = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u64>().ok())
+    {
+        let bytes = pages * rustix::param::page_size() as u64;
+        gauge("process_resident_memory_bytes", &[]).set(bytes as f64);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge("process_open_fds", &[]).set(fds.count() as f64);
     }
 }
 
@@ -389,7 +478,7 @@ impl DurationHistogram {
 }
 
 fn describe(r: &PrometheusRecorder) {
-    let help: [(&str, Option<Unit>, &str, bool); 21] = [
+    let help: [(&str, Option<Unit>, &str, bool); 25] = [
         (
             "cutover_routed_requests_total",
             None,
@@ -504,7 +593,31 @@ fn describe(r: &PrometheusRecorder) {
             "Generation of the routing snapshot; bumped by every change.",
             false,
         ),
-        ("cutover_up", None, "Always 1 while cutover runs.", false),
+        (
+            "cutover_build_info",
+            None,
+            "Always 1; its version label is the running binary's.",
+            false,
+        ),
+        (
+            "cutover_backend_requests_total",
+            None,
+            "Finished requests per backend, by status class.",
+            true,
+        ),
+        (
+            "cutover_backend_errors_total",
+            None,
+            "A backend's 5xx answers and answers it broke off after their head.",
+            true,
+        ),
+        (
+            "process_resident_memory_bytes",
+            Some(Unit::Bytes),
+            "Resident memory of the process.",
+            false,
+        ),
+        ("process_open_fds", None, "Open file descriptors.", false),
         (
             "cutover_state_persisted",
             None,
@@ -520,7 +633,14 @@ fn describe(r: &PrometheusRecorder) {
             r.describe_gauge(KeyName::from(name), unit, text);
         }
     }
-    r.register_gauge(&key("cutover_up", &[]), &META).set(1.0);
+    r.register_gauge(
+        &key(
+            "cutover_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+        ),
+        &META,
+    )
+    .set(1.0);
 }
 
 #[cfg(test)]

@@ -47,6 +47,35 @@ pub struct Backend {
     ejection: Arc<EjectionState>,
     /// Keep-alive connections to this backend waiting for a request.
     pub idle: IdleConns,
+    /// Finished requests by status class, errors and time, for the per-backend
+    /// metrics (read at scrape).
+    pub tally: BackendTally,
+}
+
+/// A backend's finished requests, as HAProxy's per-server stats count them: a few
+/// relaxed atomic adds per request, on the backend's own counters.
+#[derive(Debug, Default)]
+pub struct BackendTally {
+    /// By status class 1xx to 5xx.
+    pub requests: [AtomicU64; 5],
+    /// 5xx answers, and answers the backend broke off after their head.
+    pub errors: AtomicU64,
+    /// The requests' time from routing to the end of the response, in microseconds.
+    pub duration_us: AtomicU64,
+}
+
+impl BackendTally {
+    #[inline]
+    pub fn finish(&self, status: u16, broken: bool, elapsed: Duration) {
+        if let Some(class) = (status / 100).checked_sub(1).filter(|c| *c < 5) {
+            self.requests[usize::from(class)].fetch_add(1, Ordering::Relaxed);
+        }
+        if status >= 500 || broken {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.duration_us.fetch_add(us, Ordering::Relaxed);
+    }
 }
 
 /// Pool-wide ejection bookkeeping.
@@ -121,6 +150,7 @@ impl Backend {
             ejections: AtomicU32::new(0),
             ejection,
             idle: IdleConns::default(),
+            tally: BackendTally::default(),
         })
     }
 

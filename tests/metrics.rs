@@ -81,6 +81,66 @@ async fn after_n_requests_to_blue_and_m_to_green_the_counters_by_colour_and_clas
         n(r#"cutover_request_duration_seconds_count{color="blue"}"#),
         7.0
     );
+
+    // The same per backend: the refusing one got none (its requests moved on).
+    let at =
+        |color: &str, addr: std::net::SocketAddr| format!(r#"color="{color}",backend="{addr}""#);
+    let by_backend = |color: &str, addr, class: &str| {
+        n(&format!(
+            "cutover_backend_requests_total{{{},class=\"{class}\"}}",
+            at(color, addr)
+        ))
+    };
+    assert_eq!(by_backend("blue", blue.addr, "2xx"), 7.0);
+    assert_eq!(by_backend("green", green.addr, "2xx"), f64::from(ok));
+    assert_eq!(
+        by_backend("green", green.addr, "5xx"),
+        f64::from(server_error)
+    );
+    assert_eq!(by_backend("green", down, "2xx"), 0.0);
+    assert_eq!(
+        n(&format!(
+            "cutover_backend_errors_total{{{}}}",
+            at("green", green.addr)
+        )),
+        f64::from(server_error)
+    );
+    assert_eq!(
+        n(&format!(
+            "cutover_backend_errors_total{{{}}}",
+            at("blue", blue.addr)
+        )),
+        0.0
+    );
+    assert_eq!(
+        n(&format!(
+            "cutover_backend_request_duration_seconds_count{{{}}}",
+            at("green", green.addr)
+        )),
+        f64::from(ok + server_error)
+    );
+    assert!(
+        n(&format!(
+            "cutover_backend_request_duration_seconds_sum{{{}}}",
+            at("blue", blue.addr)
+        )) > 0.0
+    );
+
+    // The build, the process, and no series that only repeats Prometheus's `up`.
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        n(&format!("cutover_build_info{{version=\"{version}\"}}")),
+        1.0
+    );
+    assert!(n("process_resident_memory_bytes") > 1e6, "{text}");
+    assert!(n("process_open_fds") >= 3.0, "{text}");
+    assert!(n("process_cpu_seconds_total") >= 0.0);
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("cutover_up ") || l.contains(" cutover_up ")),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,8 +192,13 @@ async fn the_tcp_metrics_endpoint_serves_the_same_text_as_the_admin_socket_and_p
     assert_eq!(over_tcp.status, StatusCode::OK);
     let over_tcp = over_tcp.text().to_owned();
     let over_socket = metrics(&proxy).await;
+    // The process's own samples (CPU, memory, fds) move between two scrapes.
     let lines = |t: &str| {
-        let mut l: Vec<String> = t.lines().map(str::to_owned).collect();
+        let mut l: Vec<String> = t
+            .lines()
+            .filter(|l| !l.starts_with("process_"))
+            .map(str::to_owned)
+            .collect();
         l.sort();
         l
     };
