@@ -241,6 +241,8 @@ pub fn render_reload(bytes: &[u8]) -> Result<String, CtlError> {
 fn render_backends(out: &mut String, color: Color, pool: &PoolStatus) {
     for b in &pool.backends {
         let state = match (b.healthy, b.ejected, b.verified) {
+            // The operator's state first: it is why the backend takes no traffic.
+            _ if b.state != crate::pool::AdminState::Ready => b.state.as_str(),
             (true, _, true) => "up",
             // Not yet through `rise` passing checks, or never checked: the gate does
             // not count it.

@@ -140,6 +140,8 @@ pub enum SwitchError {
     },
     #[error("{0}")]
     Rollout(String),
+    #[error("no backend {0} in either pool; GET /status lists them as configured")]
+    NoBackend(String),
     #[error("could not persist the new state to {path}: {source}; routing is unchanged")]
     Persist {
         /// The state file that could not be written.
@@ -155,7 +157,7 @@ pub enum AdminError {
     #[error("{0}")]
     BadRequest(String),
     #[error(
-        "no such endpoint {0}; try GET /status, POST /switch, POST /rollback, POST /canary, POST /rollout, GET /rollout, GET /history, POST /reload, GET /metrics"
+        "no such endpoint {0}; try GET /status, POST /switch, POST /rollback, POST /canary, POST /rollout, GET /rollout, GET /history, POST /reload, POST /backends/{{ADDRESS}}/state, GET /metrics"
     )]
     NotFound(String),
     #[error("no rollout has run yet; start one with POST /rollout")]
@@ -190,6 +192,7 @@ impl AdminError {
             AdminError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::Switch(SwitchError::Persist { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::Switch(SwitchError::NoBackend(_)) => StatusCode::NOT_FOUND,
             AdminError::Switch(_) => StatusCode::CONFLICT,
             AdminError::Reload(ReloadError::NoFile) => StatusCode::CONFLICT,
             // The request was fine; the file it asked to apply is not.

@@ -161,6 +161,15 @@ async fn check_loop(backend: Arc<Backend>, config: HealthConfig, first_round: Ar
     let (mut successes, mut failures, mut first) = (0u32, 0u32, true);
     loop {
         interval.tick().await;
+        if backend.admin_state() == crate::pool::AdminState::Maint {
+            // In maintenance: no checks; counting starts again when it leaves.
+            (successes, failures) = (0, 0);
+            if first {
+                first_round.add_permits(1);
+                first = false;
+            }
+            continue;
+        }
         match probe(&backend, &config).await {
             Ok(()) => {
                 successes += 1;
@@ -256,6 +265,10 @@ pub fn gate(pool: &Pool) -> GateReport {
 }
 
 fn not_ready_reason(b: &Backend, warmup: Duration) -> Option<String> {
+    let state = b.admin_state();
+    if state != crate::pool::AdminState::Ready {
+        return Some(format!("set to {} by an operator", state.as_str()));
+    }
     if b.is_ejected() {
         return Some("ejected after consecutive failures".to_owned());
     }

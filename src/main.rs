@@ -131,6 +131,15 @@ enum CtlCommand {
     },
     /// The last rollout's evidence as Markdown (`--json`: its record).
     Report,
+    /// Set one backend's state: ready (takes traffic as its health allows), drain (no
+    /// new requests; those in flight finish) or maint (out; its health checks stop).
+    /// Persisted and audited.
+    Backend {
+        /// The backend's address as configured (as `status` lists it).
+        address: String,
+        /// ready, drain or maint.
+        state: cutover::pool::AdminState,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -514,6 +523,23 @@ async fn ctl_command(
                 Some(RolloutVerb::Promote) => "promote",
             };
             return Ok(ctl_rollout::verb(socket, json, verb).await?);
+        }
+        CtlCommand::Backend { address, state } => {
+            let path = format!("/backends/{address}/state");
+            let body = serde_json::json!({ "state": state.as_str() });
+            let bytes = ctl::call(socket, Method::POST, &path, Some(body)).await?;
+            if json {
+                print!("{}", String::from_utf8_lossy(&bytes));
+            } else {
+                let status = ctl::parse_status(&bytes).context("decoding the status")?;
+                let verb = if status.changed == Some(false) {
+                    "already"
+                } else {
+                    "now"
+                };
+                println!("{address} is {verb} {}", state.as_str());
+            }
+            return Ok(());
         }
         CtlCommand::History { last } => {
             let bytes = ctl::call(socket, Method::GET, "/history", None).await?;

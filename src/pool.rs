@@ -2,7 +2,7 @@
 //! so its atomics (health, ejection, in-flight) survive swaps; a [`Pool`] picks one per
 //! request without a lock.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,64 @@ pub struct Backend {
     /// Finished requests by status class, errors and time, for the per-backend
     /// metrics (read at scrape).
     pub tally: BackendTally,
+    /// The operator's [`AdminState`], as its `u8`: only `Ready` gets new requests.
+    admin_state: AtomicU8,
+    /// The pool has active health checks.
+    probed: bool,
+}
+
+/// What an operator set a backend to (`POST /backends/{address}/state`), as in
+/// HAProxy's runtime API: `ready` takes traffic as its health allows; `drain` takes
+/// no new requests while those in flight finish; `maint` is out and its health checks
+/// stop. Persisted with the routing state.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    #[default]
+    Ready,
+    Drain,
+    Maint,
+}
+
+impl AdminState {
+    pub const ALL: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Maint];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    fn from_u8(v: u8) -> AdminState {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+}
+
+impl std::str::FromStr for AdminState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AdminState::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown backend state {s:?}; use ready, drain or maint"))
+    }
 }
 
 /// A backend's finished requests, as HAProxy's per-server stats count them: a few
@@ -151,6 +209,8 @@ impl Backend {
             ejection,
             idle: IdleConns::default(),
             tally: BackendTally::default(),
+            admin_state: AtomicU8::new(0),
+            probed,
         })
     }
 
@@ -168,10 +228,29 @@ impl Backend {
         self.verified.load(Ordering::Relaxed)
     }
 
-    /// Gets traffic: healthy and not ejected. Reads the clock only while ejected.
+    /// Gets new requests: ready by the operator, healthy and not ejected. Reads the
+    /// clock only while ejected.
     #[inline]
     pub fn is_available(&self) -> bool {
-        self.is_healthy() && !self.is_ejected()
+        self.admin_state.load(Ordering::Relaxed) == 0 && self.is_healthy() && !self.is_ejected()
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        AdminState::from_u8(self.admin_state.load(Ordering::Relaxed))
+    }
+
+    /// Sets the operator's state; returns the one before. Out of `maint`, a backend
+    /// with health checks must pass `rise` of them again before it gets traffic.
+    pub fn set_admin_state(&self, state: AdminState) -> AdminState {
+        let before = AdminState::from_u8(self.admin_state.swap(state as u8, Ordering::Relaxed));
+        if before == AdminState::Maint && state != AdminState::Maint && self.probed {
+            self.set_health(
+                false,
+                false,
+                Some("not checked yet (back from maint)".to_owned()),
+            );
+        }
+        before
     }
 
     pub fn is_ejected(&self) -> bool {

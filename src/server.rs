@@ -135,6 +135,13 @@ impl Server {
             Arc::clone(&snapshot),
             Arc::clone(&tracker),
         )));
+        // The operators' backend states from the state file, on the backends still
+        // configured.
+        for backend in snapshot.load().pools.iter().flat_map(|p| p.backends.iter()) {
+            if let Some(&admin) = state.backends.get(&backend.address) {
+                backend.set_admin_state(admin);
+            }
+        }
         let switchboard = Arc::new(Switchboard::new(
             snapshot,
             Arc::clone(&tracker),

@@ -5,6 +5,7 @@
 //! serialised by one async mutex, so two racing deploy scripts cannot both win, and a
 //! change that cannot be persisted is not applied.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use crate::drain::Tracker;
 use crate::error::SwitchError;
 use crate::health::{self, GateReport};
 use crate::history::{Event, History};
-use crate::pool::{Pool, epoch_ms};
+use crate::pool::{AdminState, Pool, epoch_ms};
 use crate::routing::Routing;
 use crate::snapshot::{Canary, Snapshot};
 
@@ -44,6 +45,20 @@ pub struct PersistedState {
     /// The last events, for `/history`.
     #[serde(default)]
     pub history: Vec<Event>,
+    /// Backends an operator set to `drain` or `maint`, by address (`ready` ones are
+    /// left out).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, AdminState>,
+}
+
+/// The backends of `snap` not `ready`, by address.
+fn admin_states(snap: &Snapshot) -> BTreeMap<String, AdminState> {
+    snap.pools
+        .iter()
+        .flat_map(|p| p.backends.iter())
+        .filter(|b| b.admin_state() != AdminState::Ready)
+        .map(|b| (b.address.clone(), b.admin_state()))
+        .collect()
 }
 
 impl PersistedState {
@@ -57,6 +72,7 @@ impl PersistedState {
             pins_from: 0,
             rollout: None,
             history: Vec::new(),
+            backends: BTreeMap::new(),
         }
     }
 }
@@ -265,7 +281,59 @@ impl Switchboard {
             pins_from: next.pins_from,
             rollout,
             history,
+            backends: admin_states(&next),
         }
+    }
+
+    /// `POST /backends/{address}/state`: sets one backend's operator state, persisted
+    /// (a state that cannot be written is not applied) and recorded in the history.
+    /// Returns its colour and the state before.
+    pub async fn set_backend_state(
+        &self,
+        address: &str,
+        state: AdminState,
+        caller: Caller,
+    ) -> Result<(Color, AdminState), SwitchError> {
+        let _writer = self.write.lock().await;
+        let current = self.snapshot.load_full();
+        let (color, backend) = Color::ALL
+            .into_iter()
+            .find_map(|c| {
+                let b = current
+                    .pool(c)
+                    .backends
+                    .iter()
+                    .find(|b| b.address == address)?;
+                Some((c, Arc::clone(b)))
+            })
+            .ok_or_else(|| SwitchError::NoBackend(address.to_owned()))?;
+        let before = backend.admin_state();
+        if before == state {
+            return Ok((color, before));
+        }
+        backend.set_admin_state(state);
+        let reason = format!(
+            "{color} backend {address}: {} → {}",
+            before.as_str(),
+            state.as_str()
+        );
+        let note = Note {
+            reason: reason.clone(),
+            ..Note::default()
+        };
+        let staged = self.stage(&current, "backend.state", caller, &note);
+        if let Some(path) = &self.state_file
+            && let Err(source) = persist(path.clone(), staged.clone()).await
+        {
+            backend.set_admin_state(before);
+            return Err(SwitchError::Persist {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+        self.commit_book(staged);
+        tracing::info!(target: "cutover::audit", action = "backend.state", uid = caller.uid, %color, backend = address, from = before.as_str(), to = state.as_str(), "{reason}");
+        Ok((color, before))
     }
 
     pub fn tracker(&self) -> &Arc<Tracker> {
@@ -501,6 +569,7 @@ impl Switchboard {
             pins_from: next.pins_from,
             rollout,
             history: history.to_vec(),
+            backends: admin_states(next),
         }
     }
 

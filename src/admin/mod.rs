@@ -23,6 +23,7 @@ use crate::color::Color;
 use crate::config::Access;
 use crate::drain::Tracker;
 use crate::error::{AdminError, SwitchError};
+use crate::pool::AdminState;
 use crate::reload::{ReloadReport, Reloader, Trigger};
 use crate::rollout::{RolloutBrief, Rollouts};
 use crate::snapshot::{Canary, Snapshot};
@@ -193,6 +194,10 @@ pub struct BackendStatus {
     pub ejected: bool,
     /// Requests to this backend in flight now.
     pub in_flight: usize,
+    /// The operator's state: `ready`, `drain` (no new requests) or `maint` (out, no
+    /// health checks).
+    #[serde(default)]
+    pub state: AdminState,
     /// Passed `rise` checks in a row (always true without checks). Only verified
     /// backends count for the switch gate; one never checked is not verified.
     #[serde(default = "yes")]
@@ -289,7 +294,12 @@ impl Admin {
         body: impl Future<Output = Result<Bytes, AdminError>>,
         caller: Caller,
     ) -> Result<Response<Full<Bytes>>, AdminError> {
+        let backend = path
+            .strip_prefix("/backends/")
+            .and_then(|rest| rest.strip_suffix("/state"))
+            .filter(|address| !address.is_empty());
         let allow = match path {
+            _ if backend.is_some() => "POST",
             "/status" | "/metrics" | "/history" | "/rollout/report" => "GET",
             "/rollout" => "GET, POST",
             "/switch" | "/rollback" | "/reload" | "/canary" | "/rollout/pause"
@@ -318,6 +328,9 @@ impl Admin {
         }
         if path.starts_with("/rollout") || path == "/canary" || path == "/history" {
             return self.route_rollout(method, path, body, caller).await;
+        }
+        if let Some(address) = backend {
+            return self.backend_state(address, body.await?, caller).await;
         }
         match path {
             "/status" => Ok(json(StatusCode::OK, &self.status(None))),
@@ -447,10 +460,41 @@ impl Admin {
                     ejected: b.is_ejected(),
                     in_flight: b.in_flight(),
                     verified: b.is_verified(),
+                    state: b.admin_state(),
                     problem: b.problem(),
                 })
                 .collect(),
         }
+    }
+
+    /// `POST /backends/{address}/state {"state": "drain"}`: one backend's operator
+    /// state; the answer is the status, with `changed`.
+    async fn backend_state(
+        &self,
+        address: &str,
+        body: Bytes,
+        caller: Caller,
+    ) -> Result<Response<Full<Bytes>>, AdminError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct StateBody {
+            state: String,
+        }
+        let body: StateBody = parse_json(body)?.ok_or_else(|| {
+            AdminError::BadRequest(
+                "empty body; send JSON such as {\"state\": \"drain\"} (ready, drain or maint)"
+                    .into(),
+            )
+        })?;
+        let state = body
+            .state
+            .parse::<AdminState>()
+            .map_err(AdminError::BadRequest)?;
+        let (_, before) = self
+            .switchboard
+            .set_backend_state(address, state, caller)
+            .await?;
+        Ok(json(StatusCode::OK, &self.status(Some(before != state))))
     }
 
     fn metrics(&self) -> Response<Full<Bytes>> {
