@@ -309,7 +309,7 @@ async fn run_listen_and_socket_move_the_demo_and_override_a_config_across_reload
     // The demo, on a port and socket of our choosing.
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let socket = dir.path().join("demo.sock");
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_cutover"))
+    let demo = Command::new(env!("CARGO_BIN_EXE_cutover"))
         .args(["run", "--listen", &addr.to_string(), "--socket"])
         .arg(&socket)
         .env("CUTOVER_LOG", "info")
