@@ -51,17 +51,29 @@ pub struct PersistedState {
     pub backends: BTreeMap<String, AdminState>,
 }
 
-/// The backends of `snap` not `ready`, by address.
-fn admin_states(snap: &Snapshot) -> BTreeMap<String, AdminState> {
-    snap.pools
-        .iter()
-        .flat_map(|p| p.backends.iter())
-        .filter(|b| b.admin_state() != AdminState::Ready)
-        .map(|b| (b.address.clone(), b.admin_state()))
-        .collect()
-}
-
 impl PersistedState {
+    /// The state of `snap` with the book's rollout record and history; the backends
+    /// kept are those not `ready`.
+    fn of(snap: &Snapshot, rollout: Option<serde_json::Value>, history: Vec<Event>) -> Self {
+        let backends = snap
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter())
+            .filter(|b| b.admin_state() != AdminState::Ready)
+            .map(|b| (b.address.clone(), b.admin_state()))
+            .collect();
+        PersistedState {
+            live: snap.live,
+            previous: snap.previous,
+            generation: snap.generation,
+            canary: snap.canary,
+            pins_from: snap.pins_from,
+            rollout,
+            history,
+            backends,
+        }
+    }
+
     /// The state of a first start: `live` at generation 1, nothing else.
     pub fn fresh(live: Color) -> PersistedState {
         PersistedState {
@@ -273,16 +285,7 @@ impl Switchboard {
             Ok(b) => (b.rollout.clone(), b.history.to_vec()),
             Err(_) => (None, Vec::new()),
         };
-        PersistedState {
-            live: next.live,
-            previous: next.previous,
-            generation: next.generation,
-            canary: next.canary,
-            pins_from: next.pins_from,
-            rollout,
-            history,
-            backends: admin_states(&next),
-        }
+        PersistedState::of(&next, rollout, history)
     }
 
     /// `POST /backends/{address}/state`: sets one backend's operator state, persisted
@@ -561,16 +564,7 @@ impl Switchboard {
         let mut event = Event::now(action, caller.uid, next.generation, note.reason.clone());
         event.rollout = note.rollout_id;
         history.push(event);
-        PersistedState {
-            live: next.live,
-            previous: next.previous,
-            generation: next.generation,
-            canary: next.canary,
-            pins_from: next.pins_from,
-            rollout,
-            history: history.to_vec(),
-            backends: admin_states(next),
-        }
+        PersistedState::of(next, rollout, history.to_vec())
     }
 
     fn commit_book(&self, state: PersistedState) {
