@@ -20,7 +20,6 @@ mod validate;
 pub use listeners::{CertFiles, DEFAULT_HANDSHAKE_TIMEOUT, Endpoint, SniCert, TlsConfig};
 pub use routing::{DEFAULT_STEP, RolloutConfig};
 
-/// A validated configuration; every field has been checked.
 /// Settings the command line gives over the config's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {
@@ -30,6 +29,7 @@ pub struct Overrides {
     pub socket: Option<PathBuf>,
 }
 
+/// A validated configuration; every field has been checked.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where clients connect, and how long they have to send a request head.
@@ -332,11 +332,10 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let (raw, mut problems) = raw::parse(text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
-            message: short_lines(e.to_string().trim_end()),
+            message: short_lines(message.trim_end()),
         })?;
-        let mut problems = Vec::new();
         let config = validate::validate(raw, &mut problems);
         match config {
             Some(config) if problems.is_empty() => Ok(config),

@@ -1,10 +1,109 @@
-//! The config file as written: serde structs that reject unknown keys. Nothing here is
-//! checked beyond its TOML type; [`validate`](super::validate) does the rest.
+//! The config file as written: serde structs that reject unknown keys (all of them
+//! reported at once, by [`parse`]). Nothing here is checked beyond its TOML type;
+//! [`validate`](super::validate) does the rest.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::Problem;
+
+/// The most unknown keys one file reports (each costs one more pass over the tree).
+const MAX_UNKNOWN: usize = 50;
+
+/// Parses `text` into a [`RawConfig`], reporting every unknown key rather than the
+/// first: each one is recorded as a [`Problem`] (its dotted key, its line and the keys
+/// allowed there), taken out of the tree, and the rest is read again, so a typo does
+/// not hide the other problems of the file. Any other error (bad syntax, a value of
+/// the wrong type) ends it; `Err` then holds the unknown keys found so far and that
+/// error, one per line.
+pub(super) fn parse(text: &str) -> Result<(RawConfig, Vec<Problem>), String> {
+    let mut root = DeTable::parse(text).map_err(|e| e.to_string())?;
+    let mut unknown: Vec<Problem> = Vec::new();
+    loop {
+        let de = toml::Deserializer::from(root.clone());
+        match RawConfig::deserialize(de) {
+            Ok(raw) => return Ok((raw, unknown)),
+            Err(mut e) => {
+                let span = e
+                    .span()
+                    .filter(|_| e.message().starts_with("unknown field"));
+                let found = span
+                    .as_ref()
+                    .and_then(|span| take_key(root.get_mut(), span, ""));
+                match found {
+                    Some(key) if unknown.len() < MAX_UNKNOWN => {
+                        let line = span.as_ref().map_or(0, |s| line_of(text, s.start));
+                        unknown.push(Problem {
+                            key,
+                            message: format!("line {line}: {}", e.message()),
+                        });
+                    }
+                    _ => {
+                        e.set_input(Some(text));
+                        let mut lines: Vec<String> = unknown
+                            .iter()
+                            .map(|p| format!("{}: {}", p.key, p.message))
+                            .collect();
+                        lines.push(e.to_string());
+                        return Err(lines.join("\n"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 1-based line of byte `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.get(..at).map_or(0, |head| head.matches('\n').count()) + 1
+}
+
+/// Removes from `table` (or a table or array below it) the key written at `span`,
+/// returning its dotted path (`prefix` is the path of `table`).
+fn take_key(
+    table: &mut DeTable<'_>,
+    span: &std::ops::Range<usize>,
+    prefix: &str,
+) -> Option<String> {
+    let join = |name: &str| {
+        if prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{prefix}.{name}")
+        }
+    };
+    let hit = table.keys().find(|k| k.span() == *span).cloned();
+    if let Some(key) = hit {
+        table.remove(&key);
+        return Some(join(key.get_ref()));
+    }
+    for (key, value) in table.iter_mut() {
+        let path = join(key.get_ref());
+        if let Some(found) = take_in_value(value, span, &path) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+fn take_in_value(
+    value: &mut Spanned<DeValue<'_>>,
+    span: &std::ops::Range<usize>,
+    path: &str,
+) -> Option<String> {
+    match value.get_mut() {
+        DeValue::Table(table) => take_key(table, span, path),
+        DeValue::Array(items) => items
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, item)| take_in_value(item, span, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
