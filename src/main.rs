@@ -353,6 +353,15 @@ async fn run(
                 .map_err(|e| anyhow::anyhow!(e))?
         }
     };
+    if !demo {
+        // In the background: a slow resolver must not hold up a start.
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            for line in config.shared_backends() {
+                tracing::warn!("{line}");
+            }
+        });
+    }
     let server = Server::bind_file(config, file).await?;
     // Every reload, whatever its trigger, runs `Reloader::reload`: a service manager
     // hears RELOADING=1 before it and READY=1 after it (whatever the outcome: the
@@ -442,6 +451,9 @@ async fn shutdown_signal() {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load_checked(path)?;
+    for line in config.shared_backends() {
+        eprintln!("warning: {line}");
+    }
     println!(
         "{}: ok (listen {}, blue {} backend(s), green {} backend(s))",
         path.display(),

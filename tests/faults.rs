@@ -114,3 +114,41 @@ async fn an_upload_slower_than_the_response_timeout_succeeds() {
     let answer = get(proxy.addr, "/slow?ms=1000").await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_named_by_host_name_serves_and_one_whose_name_does_not_resolve_is_retried_elsewhere()
+ {
+    // `.invalid` never resolves (RFC 6761); `localhost` does, through /etc/hosts.
+    let blue = support::TestBackend::start("blue").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = support::config_text(dir.path(), &[], &[backend("green").await], "").replace(
+        "[pools.blue]\nbackends = []",
+        &format!(
+            "[pools.blue]\nbackends = [\"no-such-backend.invalid:80\", \"localhost:{}\"]",
+            blue.addr.port()
+        ),
+    );
+    let proxy = Proxy::from_text(dir, &text).await;
+    for _ in 0..6 {
+        let answer = get(proxy.addr, "/").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    }
+    let (mut h2, _conn) = h2c(proxy.addr).await;
+    for _ in 0..6 {
+        let req = http::Request::get("http://app.example/")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        h2.ready().await.expect("h2 ready");
+        let resp = h2.send_request(req).await.expect("h2 answer");
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    assert_eq!(blue.hits(), 12, "every request reached the named backend");
+    let metrics = support::admin_text(&proxy.socket, "/metrics").await.1;
+    assert_eq!(
+        support::sample(
+            &metrics,
+            r#"cutover_requests_total{color="blue",class="5xx"}"#
+        ),
+        0.0
+    );
+}

@@ -15,6 +15,7 @@ mod backend_tls;
 mod listeners;
 mod raw;
 mod routing;
+mod shared;
 mod validate;
 
 pub use listeners::{CertFiles, DEFAULT_HANDSHAKE_TIMEOUT, Endpoint, SniCert, TlsConfig};
