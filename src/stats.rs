@@ -18,6 +18,11 @@ use serde::{Deserialize, Serialize};
 use crate::color::Color;
 use crate::pool::epoch_ms;
 
+/// The stats second holding millisecond `ms` of the process epoch, counted from 1.
+fn second_of(ms: u64) -> u64 {
+    ms / 1000 + 1
+}
+
 const SLOTS: usize = 60;
 /// Shards per slot: ~10.7 KB each, so 60 slots x 2 shards x 2 colours is ~2.6 MB.
 const SHARDS: usize = 2;
@@ -85,7 +90,7 @@ impl Stats {
     /// Records one finished request.
     #[inline]
     pub fn record(&self, color: Color, error: bool, latency: Duration) {
-        let second = epoch_ms() / 1000;
+        let second = second_of(epoch_ms());
         let slot = self.colors[color.index()].slot(second);
         slot.requests.fetch_add(1, Ordering::Relaxed);
         if error {
@@ -101,7 +106,7 @@ impl Stats {
     pub fn window(&self, color: Color, seconds: u64) -> Window {
         let seconds = seconds.clamp(1, SLOTS as u64 - 1);
         let now_ms = epoch_ms();
-        let now = now_ms / 1000;
+        let now = second_of(now_ms);
         let ring = &self.colors[color.index()];
         let mut merged = new_histogram();
         let (mut requests, mut errors) = (0, 0);
@@ -157,9 +162,11 @@ pub struct Second {
 }
 
 impl Stats {
-    /// The current second since the process epoch, as [`Stats::second`] counts them.
+    /// The current second since the process epoch, as [`Stats::second`] counts them:
+    /// from 1, so "the second before the first" is a second too (a rollout started in
+    /// the process's first second counts from it).
     pub fn now_second() -> u64 {
-        epoch_ms() / 1000
+        second_of(epoch_ms())
     }
 
     /// What `color` recorded in second `s`, while it is still in the ring (the last
