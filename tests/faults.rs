@@ -22,21 +22,7 @@ async fn with_one_of_two_backends_refusing_connections_no_request_fails() {
         "",
     )
     .await;
-    // The relay, one connection each.
-    for _ in 0..10 {
-        let answer = get(proxy.addr, "/").await;
-        assert_eq!(answer.status, StatusCode::OK, "relay: {}", answer.text());
-    }
-    // Hyper's path: h2c streams.
-    let (mut h2, _conn) = h2c(proxy.addr).await;
-    for _ in 0..10 {
-        let req = http::Request::get(format!("http://app.example/{}", ""))
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        h2.ready().await.expect("h2 ready");
-        let resp = h2.send_request(req).await.expect("h2 answer");
-        assert_eq!(resp.status(), StatusCode::OK);
-    }
+    all_ok_on_relay_and_h2(proxy.addr, 10).await;
     // The refusals were booked against the dead backend, not against the requests.
     let metrics = support::admin_text(&proxy.socket, "/metrics").await.1;
     assert_eq!(
@@ -46,6 +32,24 @@ async fn with_one_of_two_backends_refusing_connections_no_request_fails() {
         ),
         0.0
     );
+}
+
+/// `n` GETs on the relay (a connection each), then `n` h2c streams on hyper's path:
+/// every one answered 200.
+async fn all_ok_on_relay_and_h2(addr: std::net::SocketAddr, n: usize) {
+    for _ in 0..n {
+        let answer = get(addr, "/").await;
+        assert_eq!(answer.status, StatusCode::OK, "relay: {}", answer.text());
+    }
+    let (mut h2, _conn) = h2c(addr).await;
+    for _ in 0..n {
+        let req = http::Request::get("http://app.example/")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        h2.ready().await.expect("h2 ready");
+        let resp = h2.send_request(req).await.expect("h2 answer");
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
 }
 
 /// A request body that trickles in over `pieces` × `gap`.
@@ -129,19 +133,7 @@ async fn a_backend_named_by_host_name_serves_and_one_whose_name_does_not_resolve
         ),
     );
     let proxy = Proxy::from_text(dir, &text).await;
-    for _ in 0..6 {
-        let answer = get(proxy.addr, "/").await;
-        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-    }
-    let (mut h2, _conn) = h2c(proxy.addr).await;
-    for _ in 0..6 {
-        let req = http::Request::get("http://app.example/")
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        h2.ready().await.expect("h2 ready");
-        let resp = h2.send_request(req).await.expect("h2 answer");
-        assert_eq!(resp.status(), StatusCode::OK);
-    }
+    all_ok_on_relay_and_h2(proxy.addr, 6).await;
     assert_eq!(blue.hits(), 12, "every request reached the named backend");
     let metrics = support::admin_text(&proxy.socket, "/metrics").await.1;
     assert_eq!(
