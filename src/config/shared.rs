@@ -35,22 +35,18 @@ impl Config {
         let mut lines = Vec::new();
         for (i, addrs) in resolved.iter().enumerate() {
             let Some(addrs) = addrs else { continue };
-            let mut reported = false;
+            let shared = addrs
+                .iter()
+                .find_map(|a| first.get(a).filter(|&&j| j != i).map(|&j| (a, j)));
+            if let Some((addr, j)) = shared {
+                lines.push(format!(
+                    "{} {} reaches {addr}, as {} {} does: both are one server, \
+                     counted and switched as two backends",
+                    listed[i].0, listed[i].1, listed[j].0, listed[j].1
+                ));
+            }
             for addr in addrs {
-                match first.get(addr) {
-                    Some(&j) if j != i && !reported => {
-                        reported = true;
-                        lines.push(format!(
-                            "{} {} reaches {addr}, as {} {} does: both are one server, \
-                             counted and switched as two backends",
-                            listed[i].0, listed[i].1, listed[j].0, listed[j].1
-                        ));
-                    }
-                    Some(_) => {}
-                    None => {
-                        first.insert(*addr, i);
-                    }
-                }
+                first.entry(*addr).or_insert(i);
             }
         }
         lines
@@ -71,14 +67,13 @@ fn resolve_all<'a>(endpoints: impl Iterator<Item = &'a str>) -> Vec<Option<Vec<S
         out.push(None);
         let tx = tx.clone();
         let endpoint = endpoint.to_owned();
-        let spawned = std::thread::Builder::new()
+        // A thread that cannot be started leaves that name out, as a slow one.
+        let _ = std::thread::Builder::new()
             .name("resolve".into())
             .spawn(move || {
                 let addrs = endpoint.to_socket_addrs().map(Iterator::collect);
                 let _ = tx.send((i, addrs.ok()));
             });
-        // A thread that cannot be started leaves that name out, as a slow one.
-        drop(spawned);
     }
     drop(tx);
     let deadline = Instant::now() + RESOLVE_BUDGET;
