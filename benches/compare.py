@@ -302,6 +302,21 @@ def idle_rss(proc, port, n=1000):
     return before, after
 
 
+def stop_all(procs):
+    """SIGTERM every process group, then SIGKILL what is left after 10 s."""
+    for p in procs.values():
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs.values():
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+    time.sleep(0.2)
+
+
 def main():
     work = tempfile.mkdtemp(prefix="cutover-bench-")
     procs, quotas = {}, {}
@@ -419,17 +434,7 @@ def main():
             print(f"| {r['t']} | {ratio('rps', r)} | {ratio('brps', r)} | {ratio('fp99', r)} | {ratio('fp999', r)} | "
                   f"{ratio('cpu', r)} | {ratio('bcpu', r)} | {ratio('fcpu', r)} | {ratio('idle', r)} |")
     finally:
-        for p in procs.values():
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-        time.sleep(0.2)
+        stop_all(procs)
         for q in quotas.values():
             q.remove()
 

@@ -6,8 +6,10 @@
 #   DURATION=5 ROUNDS=2 FIXED_DURATION=2 FIXED_ROUNDS=3 bash benches/compare.sh
 #   CANARY=10 bash benches/compare.sh      # cutover with a 10 % canary split on
 #   bash benches/compare.sh --instructions   # user-space instructions/request (callgrind), ~1 min
+#   bash benches/compare.sh --edge     # h2c, new connections, TLS, 1 MiB bodies, switching, 10k idle (~6 min)
+#   EDGE_DURATION=2 EDGE_ROUNDS=1 bash benches/compare.sh --edge   # its quick mode, ~1 min
 #
-# Installs haproxy, nginx and wrk from Debian when missing, builds cutover and the
+# Installs haproxy, nginx, wrk (and h2load for --edge) from Debian when missing, builds cutover and the
 # open-loop load generator in release mode, then runs benches/compare.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,10 @@ command -v python3 >/dev/null || need+=(python3)
 if [ "${1:-}" = "--instructions" ]; then
     command -v valgrind >/dev/null || need+=(valgrind)
 fi
+if [ "${1:-}" = "--edge" ]; then
+    command -v h2load >/dev/null || need+=(nghttp2-client)
+    command -v openssl >/dev/null || need+=(openssl)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
@@ -31,5 +37,8 @@ cargo build --release --locked --bin cutover --example loadgen
 ulimit -n "$(ulimit -Hn)"
 if [ "${1:-}" = "--instructions" ]; then
     exec python3 benches/instructions.py
+fi
+if [ "${1:-}" = "--edge" ]; then
+    exec python3 benches/edge.py
 fi
 exec python3 benches/compare.py "$@"

@@ -27,6 +27,9 @@ pub const CUT_CHECK: Duration = Duration::from_secs(1);
 
 /// How often a drain task looks at the counts.
 const POLL: Duration = Duration::from_millis(25);
+/// How long a drained colour keeps its idle backend connections: made live again within
+/// it (a rollback, or switches back and forth), it needs no new ones.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Counters and drain state per colour, shared by the proxy, the switchboard and admin.
 pub struct Tracker {
@@ -242,14 +245,13 @@ impl Tracker {
         tokio::spawn(Arc::clone(self).drain(color, epoch, deadline, cancel));
     }
 
-    /// `color` is live again: abandon its drain; its tunnels stay open.
+    /// `color` is live again: abandon its drain (and a drained colour's pending close of
+    /// its idle connections); its tunnels stay open.
     pub fn abort_drain(&self, color: Color) {
         let mut d = self.lock(color);
-        if d.since.is_some() {
-            d.epoch += 1;
-            d.since = None;
-            d.deadline = None;
-        }
+        d.epoch += 1;
+        d.since = None;
+        d.deadline = None;
         if d.cancel.is_cancelled() {
             d.cancel = CancellationToken::new();
         }
@@ -316,13 +318,15 @@ impl Tracker {
                 d.cancel = CancellationToken::new();
             }
         }
-        self.upstreams.reset(color);
-        tracing::info!(%color, "drained; idle upstream connections closed");
-        // A request stops counting just before its last bytes reach the client, and
-        // its backend connection goes back to the pool just after: close those too.
-        tokio::time::sleep(POLL * 4).await;
+        tracing::info!(%color, "drained");
+        // Its idle backend connections close a moment later, unless the colour is live
+        // again by then (switches back and forth keep their pools warm). The wait also
+        // covers a request's connection going back to the pool just after it stopped
+        // counting.
+        tokio::time::sleep(LINGER).await;
         if self.lock(color).epoch == epoch {
             self.upstreams.reset(color);
+            tracing::info!(%color, "idle upstream connections of the drained colour closed");
         }
     }
 

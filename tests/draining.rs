@@ -77,6 +77,35 @@ async fn once_blue_has_drained_its_idle_upstream_connections_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_colour_switched_back_to_within_a_second_keeps_its_idle_upstream_connections() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(&[blue.addr], &[green.addr], "").await;
+    let warm: Vec<_> = (0..4)
+        .map(|_| spawn_get(proxy.addr, "/slow?ms=100"))
+        .collect();
+    for w in warm {
+        assert_eq!(w.await.expect("task").text(), "blue");
+    }
+    let pooled = blue.conns.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(pooled >= 1, "no pooled connection to blue");
+
+    proxy.switch("green").await;
+    proxy
+        .wait_until("blue drained", |s| s["pools"]["blue"]["role"] == "idle")
+        .await;
+    proxy.switch("blue").await;
+    // Past the moment a drained colour's idle connections close, blue still has them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        blue.conns.load(std::sync::atomic::Ordering::SeqCst),
+        pooled,
+        "blue's idle connections were closed although blue was live again"
+    );
+    assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_switch_wait_returns_once_blues_in_flight_count_reaches_zero_and_shows_it_falling() {
     let blue = TestBackend::start("blue").await;
     let green = TestBackend::start("green").await;
