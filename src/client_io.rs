@@ -80,10 +80,15 @@ impl ClientIo for TlsStream<TcpStream> {
         !self.get_ref().1.wants_write()
     }
 
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+    async fn readable(&self) -> io::Result<()> {
         // The session may hold decrypted bytes already (they came with the end of the
-        // handshake): the socket's readiness does not tell.
-        std::future::ready(Ok(()))
+        // handshake, or with the record before): then they are there to read now.
+        // Otherwise only new bytes on the socket can make a read find something.
+        let (tcp, session) = self.get_ref();
+        if session.wants_read() {
+            tcp.readable().await?;
+        }
+        Ok(())
     }
 
     async fn close(&mut self, limit: Duration) {

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use bytes::Buf;
 use tokio::io::AsyncReadExt;
 
-use super::{Conn, READ_SIZE};
+use super::{Conn, HEAD_SIZE, READ_SIZE};
 use crate::backend_stream::BackendStream;
 use crate::chunked::Chunked;
 use crate::client_io::ClientIo;
@@ -130,13 +130,35 @@ pub(super) mod spare {
 
     use bytes::BytesMut;
 
-    use super::READ_SIZE;
+    use super::{HEAD_SIZE, READ_SIZE};
 
     /// Spares kept per thread.
     const KEEP: usize = 256;
 
     thread_local! {
         static BYTES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static VECS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A buffer for the heads a request writes (the request for its backend, then the
+    /// response head for its client).
+    pub fn vec() -> Vec<u8> {
+        VECS.with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(HEAD_SIZE))
+    }
+
+    /// Takes back a head buffer; one a large body grew is dropped.
+    pub fn put_vec(mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > 4 * READ_SIZE {
+            return;
+        }
+        buf.clear();
+        VECS.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < KEEP {
+                s.push(buf);
+            }
+        });
     }
 
     pub fn bytes() -> BytesMut {

@@ -108,10 +108,13 @@ async fn requests<C: ClientIo>(
         ex.close |= watch.is_stopping();
         let close = ex.close;
         let keep_alive = exchange::exchange(c, proxy, ex, &mut response_deadline).await;
+        // Between requests a connection holds no buffer: an idle keep-alive connection
+        // costs its task and socket only (HAProxy's and nginx's idle connections hold
+        // none either). The next request takes them from the spares again.
         body::spare::put(std::mem::take(&mut c.up));
-        if c.out.capacity() > 4 * READ_SIZE {
-            // It held a large request body; the next request starts small again.
-            c.out = Vec::new();
+        body::spare::put_vec(std::mem::take(&mut c.out));
+        if c.buf.is_empty() {
+            body::spare::put(std::mem::take(&mut c.buf));
         }
         if !keep_alive || close {
             return false;
@@ -135,10 +138,8 @@ const READ_SIZE: usize = 16 * 1024;
 /// Room for a client's request head, grown when one is larger.
 const HEAD_SIZE: usize = 4 * 1024;
 
-/// One client connection and its buffers. A connection that never sent anything holds
-/// none; one kept alive between requests holds its small request buffer and `out`,
-/// while the larger buffer for backend bytes waits in [`body::spare`] until the next
-/// request.
+/// One client connection and its buffers. Between requests it holds none (unless the
+/// client already sent part of its next request): they wait in [`body::spare`].
 struct Conn<C> {
     /// The client's socket: requests are read from it and answers written to it; hyper
     /// takes it over when a request is declined.
@@ -322,6 +323,9 @@ fn buffered_request<C: ClientIo>(c: &mut Conn<C>, proxy: &Proxy) -> Buffered {
     if c.buf.is_empty() {
         return Buffered::Partial;
     }
+    if c.out.capacity() == 0 {
+        c.out = body::spare::vec();
+    }
     let mut storage = h1::fields();
     let req = match h1::parse_request(&c.buf, &mut storage, &proxy.policy) {
         Parsed::Complete(req) => req,
@@ -363,11 +367,12 @@ fn buffered_request<C: ClientIo>(c: &mut Conn<C>, proxy: &Proxy) -> Buffered {
     }
 }
 
-/// Reads what the client has sent into `buf`: allocated once there is something to
-/// read, grown for a large head or body, and cut back to size once emptied.
+/// Reads what the client has sent into `buf`: taken from the spares once there is
+/// something to read, grown for a large head or body, and cut back to size once emptied.
 async fn read_some<C: ClientIo>(client: &mut C, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() == 0 {
         client.readable().await?;
+        *buf = body::spare::bytes();
     } else if buf.is_empty() && buf.capacity() > 4 * READ_SIZE {
         // What a large body grew it to is not kept for the connection's next request.
         *buf = BytesMut::new();
