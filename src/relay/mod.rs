@@ -442,7 +442,10 @@ async fn hand_off<C: ClientIo>(
     let counted = Arc::clone(&activity);
     let service = service_fn(move |req| {
         let active = counted.begin();
-        let answer = proxy.forward(req, &peer);
+        // Boxed: the request's state (a few KiB) is then moved as a pointer each time
+        // hyper moves the stream's future (into its task, and in HTTP/2 between its
+        // stream states), not copied whole.
+        let answer = Box::pin(proxy.forward(req, &peer));
         async move {
             let resp = answer.await?;
             Ok::<_, std::convert::Infallible>(resp.map(|body| Counted {
