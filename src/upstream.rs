@@ -212,14 +212,20 @@ impl Upstreams {
 
     /// Takes back a socket whose response was read to its end and that the backend
     /// keeps open, unless the backend already has `max_idle_per_backend` idle ones.
+    /// At the cap, it takes the place of the oldest idle connection hyper's path left,
+    /// if any: the two paths share the cap, and one path's burst must not leave the
+    /// other opening a connection per request until the idle timeout.
     pub fn put_back_raw(&self, backend: &Backend, stream: BackendStream) {
-        if backend.idle.len() < self.config.max_idle_per_backend {
-            let sweep = self.sweeps.load(Ordering::Relaxed);
-            backend.idle.raw.push(Idle {
-                conn: stream,
-                sweep,
-            });
+        if backend.idle.len() >= self.config.max_idle_per_backend
+            && backend.idle.queue.pop().is_none()
+        {
+            return;
         }
+        let sweep = self.sweeps.load(Ordering::Relaxed);
+        backend.idle.raw.push(Idle {
+            conn: stream,
+            sweep,
+        });
     }
 
     /// Opens a connection to `backend` and starts the task that drives it.
@@ -250,15 +256,20 @@ impl Upstreams {
     }
 
     /// Takes back a connection whose response was read to its end, unless the backend
-    /// already has `max_idle_per_backend` idle ones (then it closes).
+    /// already has `max_idle_per_backend` idle ones of hyper's path (then it closes); at
+    /// the cap it takes the place of the relay's oldest idle one, if any.
     pub fn put_back(&self, backend: &Backend, sender: Sender) {
-        if backend.idle.len() < self.config.max_idle_per_backend && !sender.is_closed() {
-            let sweep = self.sweeps.load(Ordering::Relaxed);
-            backend.idle.queue.push(Idle {
-                conn: sender,
-                sweep,
-            });
+        if sender.is_closed()
+            || (backend.idle.len() >= self.config.max_idle_per_backend
+                && backend.idle.raw.pop().is_none())
+        {
+            return;
         }
+        let sweep = self.sweeps.load(Ordering::Relaxed);
+        backend.idle.queue.push(Idle {
+            conn: sender,
+            sweep,
+        });
     }
 
     /// A healthy backend of `color` other than `not`, in the current snapshot.

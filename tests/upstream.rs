@@ -7,8 +7,13 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Request;
 use http::{Method, StatusCode};
-use support::{Conn, Proxy, TestBackend, eventually, get, request, scripted_backend, spawn_get};
+use http_body_util::Full;
+use support::{
+    Conn, Proxy, TestBackend, eventually, get, h2c, request, scripted_backend, spawn_get,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_of_every_shape_reuse_one_upstream_connection() {
@@ -77,6 +82,51 @@ async fn after_a_burst_no_more_than_max_idle_per_backend_connections_stay_open()
     }
     assert_eq!(blue.accepted(), 6);
     assert_eq!(blue.open_conns(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_http2_filled_the_idle_pool_plain_requests_still_reuse_upstream_connections() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(
+        &[blue.addr],
+        &[green.addr],
+        "[upstream]\nmax_idle_per_backend = 2\n",
+    )
+    .await;
+
+    // Two concurrent HTTP/2 streams leave two idle connections of hyper's path.
+    let (h2, task) = h2c(proxy.addr).await;
+    let streams: Vec<_> = (0..2)
+        .map(|_| {
+            let mut h2 = h2.clone();
+            tokio::spawn(async move {
+                let req = Request::builder()
+                    .uri("http://app.example/slow?ms=200")
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                h2.send_request(req).await.expect("h2 response").status()
+            })
+        })
+        .collect();
+    for s in streams {
+        assert_eq!(s.await.expect("task"), StatusCode::OK);
+    }
+    task.abort();
+    assert_eq!(blue.accepted(), 2);
+    eventually("both are idle in the pool", || blue.open_conns() == 2).await;
+
+    // Plain requests, each from a new client connection: the first one's backend
+    // connection takes a pooled one's place and the rest reuse it.
+    for _ in 0..5 {
+        assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+    }
+    assert_eq!(
+        blue.accepted(),
+        3,
+        "the relay opened a backend connection per request"
+    );
+    assert_eq!(blue.open_conns(), 2, "the cap still holds");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
