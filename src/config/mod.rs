@@ -550,7 +550,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
-            max_idle_per_backend: 256,
+            max_idle_per_backend: 1024,
         }
     }
 }

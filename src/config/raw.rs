@@ -444,7 +444,7 @@ pub(super) struct RawUpstream {
     pub(super) response_timeout: Option<String>,
     /// Duration an idle keep-alive connection is kept (default `90s`).
     pub(super) idle_timeout: Option<String>,
-    /// Idle keep-alive connections kept per backend (default 256).
+    /// Idle keep-alive connections kept per backend (default 1024).
     pub(super) max_idle_per_backend: Option<usize>,
 }
 
