@@ -178,10 +178,12 @@ pub async fn listeners(wanted: &[Endpoint]) -> io::Result<Vec<TcpListener>> {
     let slots = claim(Passed::from_env(), wanted);
     let mut out = Vec::with_capacity(wanted.len());
     for (endpoint, slot) in wanted.iter().zip(slots) {
-        out.push(match slot {
+        let bound = match slot {
             Some(std) => TcpListener::from_std(std)?,
             None => listener::bind(endpoint.address, endpoint.backlog).await?,
-        });
+        };
+        listener::delay_first_ack(&bound);
+        out.push(bound);
     }
     Ok(out)
 }
