@@ -124,7 +124,12 @@ pub struct SetCookies {
 
 impl SetCookies {
     pub fn is_empty(&self) -> bool {
-        self.bucket.is_none() && self.pin.is_none()
+        self.len() == 0
+    }
+
+    /// How many `Set-Cookie` fields [`values`](Self::values) yields.
+    pub fn len(&self) -> usize {
+        usize::from(self.bucket.is_some()) + usize::from(self.pin.is_some())
     }
 
     /// Each `Set-Cookie` value (RFC 6265 §4.1), at most two.

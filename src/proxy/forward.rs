@@ -87,9 +87,7 @@ fn response_head(
         let skip = plan.skip | if color_header { plan.color_fields } else { 0 };
         // Sized for what is kept and added, not for what came: a map of more than six
         // fields is over a KiB, and glibc serves those off its slow path.
-        let cookies_set =
-            usize::from(cookies.bucket.is_some()) + usize::from(cookies.pin.is_some());
-        let added = 2 + usize::from(plan.merge_length) + cookies_set;
+        let added = 2 + usize::from(plan.merge_length) + cookies.len();
         let kept = fields.len().saturating_sub(skip.count_ones() as usize);
         let mut headers = HeaderMap::with_capacity(kept + added);
         for (i, (name, value)) in parts.headers.iter().enumerate() {
