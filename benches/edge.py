@@ -228,8 +228,6 @@ def main():
                         print(f"round {r+1} {name:15} {t:8} {f'{b:g} core' if b else 'a core':8} {m['rps']:>9.0f} "
                               f"req/s  cpu {m['cpu']:6.1f} us/req  load core {m['busy']:3.0f}%  errors {m['errors']}",
                               file=sys.stderr)
-            for q in quotas.values():
-                q.set(None)
             # Switching: steady and switching runs in pairs, on the CPU budget when there is
             # one (so the proxy, not the load core, is what runs out), ratio per pair.
             for q in quotas.values():
@@ -237,13 +235,13 @@ def main():
             for _ in range(SWITCH_PAIRS):
                 pair = {}
                 for phase in ("steady", "switching"):
-                    stop = threading.Event()
-                    th = threading.Thread(target=switcher, args=(sock, stop, switches))
+                    stop, th = threading.Event(), None
                     if phase == "switching":
+                        th = threading.Thread(target=switcher, args=(sock, stop, switches))
                         th.start()
                     m = c.measured(procs["cutover"], c.LOAD_CPU, "total",
                                    lambda: wrk(f"http://{addr['cutover'][0]}/", 64))
-                    if phase == "switching":
+                    if th:
                         stop.set()
                         th.join()
                     pair[phase] = m
