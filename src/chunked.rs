@@ -102,6 +102,44 @@ impl Chunked {
     }
 }
 
+impl Chunked {
+    /// Decodes the start of `bytes`: the framing before the next chunk data is consumed,
+    /// then as much of that data as `bytes` holds. Returns how many bytes were consumed
+    /// and where in `bytes` the data is (empty when the framing took them all). Trailer
+    /// bytes, when `trailers` is given, are appended to it as they are consumed, so the
+    /// caller can parse the section once the body is done.
+    pub fn decode(
+        &mut self,
+        bytes: &[u8],
+        mut trailers: Option<&mut Vec<u8>>,
+    ) -> Result<(usize, std::ops::Range<usize>), Malformed> {
+        let mut i = 0;
+        while i < bytes.len() && !self.is_done() {
+            if self.state == ChunkState::Data {
+                let n = (bytes.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                self.size -= n as u64;
+                if self.size == 0 {
+                    self.state = ChunkState::DataCr;
+                }
+                return Ok((i + n, i..i + n));
+            }
+            let in_trailers = matches!(
+                self.state,
+                ChunkState::TrailerStart
+                    | ChunkState::TrailerLine
+                    | ChunkState::TrailerLf
+                    | ChunkState::EndLf
+            );
+            let one = &bytes[i..=i];
+            i += self.advance(one)?;
+            if let (true, Some(t)) = (in_trailers, trailers.as_deref_mut()) {
+                t.extend_from_slice(one);
+            }
+        }
+        Ok((i, i..i))
+    }
+}
+
 fn hex_value(b: u8) -> u8 {
     match b {
         b'0'..=b'9' => b - b'0',
@@ -136,6 +174,27 @@ mod tests {
         assert_eq!(chunked(body), Ok((body.len() - 4, true)));
         assert_eq!(chunked(b"5\r\nhel"), Ok((6, false)));
         assert_eq!(chunked(b"0\r\n\r\n"), Ok((5, true)));
+    }
+
+    #[test]
+    fn decoding_yields_the_data_and_the_trailer_section_in_any_split() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-sum: 1\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, body.len()] {
+            let (mut c, mut data, mut trailers, mut at) = (Chunked::default(), vec![], vec![], 0);
+            while !c.is_done() {
+                let end = (at + step).min(body.len());
+                let mut piece = &body[at..end];
+                while !piece.is_empty() && !c.is_done() {
+                    let (n, span) = c.decode(piece, Some(&mut trailers)).expect("well formed");
+                    data.extend_from_slice(&piece[span]);
+                    piece = &piece[n..];
+                    at += n;
+                }
+            }
+            assert_eq!(data, b"hello world", "step {step}");
+            assert_eq!(trailers, b"x-sum: 1\r\n\r\n", "step {step}");
+            assert_eq!(&body[at..], b"NEXT", "step {step}");
+        }
     }
 
     #[test]
