@@ -2,7 +2,8 @@
 //!
 //! Each [`Backend`] keeps its own idle connections
 //! ([`IdleConns`](crate::idle::IdleConns), lock-free queues): plain sockets for the
-//! [`relay`](crate::relay), hyper senders for requests hyper serves. An `https://`
+//! [`relay`](crate::relay) and for the requests without a body that hyper serves (HTTP/2
+//! GETs), hyper senders for those with a body or an upgrade. An `https://`
 //! backend's connections are the same over TLS ([`BackendStream`]); its handshake counts
 //! inside `connect_timeout`, and its connections are kept alive and reused the same way.
 //! A request takes one, skipping any the backend has closed, or opens a new one; once

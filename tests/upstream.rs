@@ -95,15 +95,17 @@ async fn after_http2_filled_the_idle_pool_plain_requests_still_reuse_upstream_co
     )
     .await;
 
-    // Two concurrent HTTP/2 streams leave two idle connections of hyper's path.
+    // Two concurrent HTTP/2 uploads leave two idle connections of hyper's path (a
+    // request with a body goes by hyper's client; one without, by the raw sockets).
     let (h2, task) = h2c(proxy.addr).await;
     let streams: Vec<_> = (0..2)
         .map(|_| {
             let mut h2 = h2.clone();
             tokio::spawn(async move {
                 let req = Request::builder()
+                    .method("POST")
                     .uri("http://app.example/slow?ms=200")
-                    .body(Full::new(Bytes::new()))
+                    .body(Full::new(Bytes::from_static(b"upload")))
                     .expect("request");
                 h2.send_request(req).await.expect("h2 response").status()
             })

@@ -34,11 +34,13 @@ pub enum ProxyBody {
         /// The longest the backend may pause mid-body.
         read_timeout: Duration,
     },
+    /// A backend's body read from a raw socket ([`raw`](super::raw)).
+    Raw(Box<super::raw::RawBody>),
     Local(Option<Bytes>),
 }
 
 /// What ends a response body on hyper's path besides the backend's own error.
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub fn local_response(status: http::StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::Local(Some(Bytes::from_static(text.as_bytes()))));
@@ -113,6 +115,7 @@ impl Body for ProxyBody {
                 }
                 frame.map(|f| f.map(|r| r.map_err(BoxError::from)))
             }
+            ProxyBody::Raw(body) => body.poll_frame(cx),
             ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -120,6 +123,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Raw(body) => body.is_end_stream(),
             ProxyBody::Local(data) => data.is_none(),
         }
     }
@@ -127,6 +131,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Raw(body) => body.size_hint(),
             ProxyBody::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
             ProxyBody::Local(None) => SizeHint::with_exact(0),
         }
@@ -154,7 +159,7 @@ impl Drop for ProxyBody {
 /// A body waiting on its backend: the error that ends it when its colour's drain
 /// deadline has passed or the backend paused past `read_timeout`; else arms the
 /// once-a-second check and returns `None`.
-fn stalled(
+pub(super) fn stalled(
     in_flight: &mut Option<InFlight>,
     waiting: &mut Option<(Instant, Pin<Box<Sleep>>)>,
     read_timeout: Duration,

@@ -87,7 +87,7 @@ fn response_head(
         let skip = plan.skip | if color_header { plan.color_fields } else { 0 };
         // Sized for what is kept and added, not for what came: a map of more than six
         // fields is over a KiB, and glibc serves those off its slow path.
-        let added = 2 + usize::from(plan.merge_length) + cookies.len();
+        let added = added_fields(&plan, &cookies);
         let kept = fields.len().saturating_sub(skip.count_ones() as usize);
         let mut headers = HeaderMap::with_capacity(kept + added);
         for (i, (name, value)) in parts.headers.iter().enumerate() {
@@ -95,27 +95,45 @@ fn response_head(
                 headers.append(name.clone(), value.clone());
             }
         }
-        if let (true, Some(n)) = (plan.merge_length, plan.length) {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
-        headers.append(header::VIA, headers::VIA_VALUE.clone());
-        if color_header {
-            headers.insert(
-                X_CUTOVER_COLOR.clone(),
-                HeaderValue::from_static(color.as_str()),
-            );
-        }
-        if !cookies.is_empty() {
-            for value in cookies.values() {
-                if let Ok(value) = HeaderValue::try_from(value) {
-                    headers.append(header::SET_COOKIE, value);
-                }
-            }
-        }
+        add_ours(&mut headers, &plan, color_header.then_some(color), &cookies);
         headers
     };
     parts.headers = headers;
     Ok(())
+}
+
+/// Room a response head's map needs for what cutover adds to the fields it keeps.
+pub(super) fn added_fields(plan: &response::Plan, cookies: &SetCookies) -> usize {
+    2 + usize::from(plan.merge_length) + cookies.len()
+}
+
+/// What cutover adds to a response head it forwards on hyper's path: one
+/// Content-Length where equal ones were merged, `Via`, `x-cutover-color` (when on) and
+/// the routing's cookies. Added after the backend's fields, so nothing the backend names
+/// in `Connection` can remove them.
+pub(super) fn add_ours(
+    headers: &mut HeaderMap,
+    plan: &response::Plan,
+    color: Option<Color>,
+    cookies: &SetCookies,
+) {
+    if let (true, Some(n)) = (plan.merge_length, plan.length) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    headers.append(header::VIA, headers::VIA_VALUE.clone());
+    if let Some(color) = color {
+        headers.insert(
+            X_CUTOVER_COLOR.clone(),
+            HeaderValue::from_static(color.as_str()),
+        );
+    }
+    if !cookies.is_empty() {
+        for value in cookies.values() {
+            if let Ok(value) = HeaderValue::try_from(value) {
+                headers.append(header::SET_COOKIE, value);
+            }
+        }
+    }
 }
 
 /// Why a request got no backend: the rulebook refused it, or routing or a backend
@@ -159,6 +177,15 @@ impl Sent {
             upgrade,
             peer,
         } = self;
+        if super::raw::takes(&req, upgrade.is_some()) {
+            let answer = super::raw::Answer {
+                timeout,
+                color_header,
+                limits,
+                read_timeout,
+            };
+            return super::raw::respond(in_flight, req, retry, peer, answer).await;
+        }
         let color = in_flight.color();
         let (req, body_sent) = headers::signal_sent(req);
         let mut answer = send(&in_flight, req, retry, timeout, body_sent).await;
@@ -313,7 +340,7 @@ async fn send(
 }
 
 /// A response head the rulebook refuses: 502, a protocol error against the backend.
-fn bad_response(
+pub(super) fn bad_response(
     in_flight: &mut InFlight,
     bad: BadResponse,
     peer: SocketAddr,
@@ -351,7 +378,7 @@ pub(super) fn refused_response(reject: Reject) -> Response<ProxyBody> {
 
 /// Books an upstream failure on the request (the backend's run of failures for passive
 /// ejection, the error counter, the status), logs it, and answers the client.
-fn failed(
+pub(super) fn failed(
     in_flight: &mut InFlight,
     kind: ErrorKind,
     err: ProxyError,

@@ -20,6 +20,7 @@ pub use crate::dispatch::{Peer, Proxy, X_CUTOVER_COLOR};
 
 mod body;
 mod forward;
+mod raw;
 mod tunnel;
 
 pub use body::{ProxyBody, local_response};
