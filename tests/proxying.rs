@@ -239,3 +239,29 @@ async fn a_malformed_request_gets_400_and_the_proxy_keeps_serving() {
     assert_eq!(get(proxy.addr, "/").await.text(), "blue");
     assert_eq!(proxy.status().await["pools"]["blue"]["in_flight"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_chunked_response_reaches_an_http2_client_whole_on_one_kept_backend_connection() {
+    const SIZE: usize = 3 * 1024 * 1024 + 17;
+    let blue = support::TestBackend::start("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[backend("green").await], "").await;
+    let (mut h2, _conn) = h2c(proxy.addr).await;
+    // The backend streams it chunked in 64 KiB chunks; cutover decodes the framing
+    // off the socket as the client reads, so the client gets the bytes alone.
+    for _ in 0..2 {
+        let req = Request::get(format!("http://app.example/big?bytes={SIZE}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = h2.send_request(req).await.expect("response head");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.expect("whole body");
+        let body = body.to_bytes();
+        assert_eq!(body.len(), SIZE);
+        assert!(body.iter().all(|&b| b == b'x'), "a byte of framing got in");
+    }
+    assert_eq!(
+        blue.accepted(),
+        1,
+        "the backend connection went back after the first body and was reused"
+    );
+}
