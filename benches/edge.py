@@ -232,9 +232,10 @@ def main():
             # one (so the proxy, not the load core, is what runs out), ratio per pair.
             for q in quotas.values():
                 q.set(budgets[-1])
-            for _ in range(SWITCH_PAIRS):
+            for i in range(SWITCH_PAIRS):
                 pair = {}
-                for phase in ("steady", "switching"):
+                # Alternate which runs first, so a drift within the pair cancels out.
+                for phase in ("steady", "switching") if i % 2 == 0 else ("switching", "steady"):
                     stop, th = threading.Event(), None
                     if phase == "switching":
                         th = threading.Thread(target=switcher, args=(sock, stop, switches))
