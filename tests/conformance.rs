@@ -1230,6 +1230,13 @@ static CASES: &[Case] = &[
         expect: BAD_GATEWAY,
         ..RESPONSE_ROW
     },
+    Case {
+        name: "A chunked response whose framing breaks after its first chunk, in what came with the head, gets 502",
+        rfc: "RFC 9112 §7.1, RFC 9110 §15.6.3",
+        response: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n",
+        expect: BAD_GATEWAY,
+        ..RESPONSE_ROW
+    },
 ];
 
 // === the runner ===

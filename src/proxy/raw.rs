@@ -24,6 +24,7 @@ use http_body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
+use super::body::BoxError;
 use super::forward::{add_ours, added_fields, bad_response, failed};
 use super::{ProxyBody, local_response};
 use crate::backend_stream::BackendStream;
@@ -36,7 +37,7 @@ use crate::h1;
 use crate::headers::ClientBody;
 use crate::metrics::ErrorKind;
 use crate::rules::Limits;
-use crate::rules::response::{BadResponse, Framing};
+use crate::rules::response::{BadResponse, Framing, MAX_RESPONSE_FIELDS};
 
 /// Bytes asked of the kernel per read from a backend.
 const READ_SIZE: usize = 16 * 1024;
@@ -95,10 +96,20 @@ pub(super) async fn respond(
     let upstreams = Arc::clone(in_flight.tracker().upstreams());
     let mut backend = Arc::clone(in_flight.backend());
     let mut moved = false;
+    // A request sent on a reused connection that closed unanswered goes once more, on
+    // a new connection, as on hyper's client.
+    let mut retried = false;
     let mut buf = BytesMut::new();
     let mut deadline: Option<Deadline> = None;
+    // One response timeout for every attempt.
+    let respond_by = Instant::now() + answer.timeout;
     let attempt = loop {
-        let (mut stream, reused) = match upstreams.take_raw(&backend) {
+        let idle = if retried {
+            None
+        } else {
+            upstreams.take_raw(&backend)
+        };
+        let (mut stream, reused) = match idle {
             Some(stream) => (stream, true),
             None => match upstreams.connect_raw(&backend).await {
                 Ok(stream) => (stream, false),
@@ -119,9 +130,9 @@ pub(super) async fn respond(
             &answer,
             &in_flight,
         );
-        match timed(exchange, &in_flight, answer.timeout, &mut deadline).await {
+        match timed(exchange, &in_flight, respond_by, &mut deadline).await {
             Ok(head) => break Ok((stream, head)),
-            Err(Failure::Unanswered(_)) if reused && retry => {}
+            Err(Failure::Unanswered(_)) if reused && retry => retried = true,
             Err(Failure::Unanswered(e)) => break Err(Failure::Io(e)),
             Err(failure) => break Err(failure),
         }
@@ -130,9 +141,9 @@ pub(super) async fn respond(
         Ok(ok) => ok,
         Err(failure) => return failure_response(&mut in_flight, failure, peer, &answer),
     };
-    if head.framing == Framing::Chunked && Chunked::default().decode(&buf, None).is_err() {
-        // Nothing has reached the client yet: a broken start is a 502, as a broken
-        // head is (the relay judges it the same way).
+    if head.framing == Framing::Chunked && Chunked::default().advance(&buf).is_err() {
+        // Nothing has reached the client yet: broken framing in what came with the
+        // head is a 502, as a broken head is (the relay judges it the same way).
         return bad_response(&mut in_flight, BadResponse::Chunked, peer);
     }
     in_flight.backend().record(!head.status.is_server_error());
@@ -209,15 +220,13 @@ fn request_head(req: &Request<ClientBody>) -> Vec<u8> {
     out
 }
 
-/// `fut` bounded by the response timeout and, each second, the colour's drain
-/// deadline. The timer is armed only when the answer is not ready at once.
+/// `fut` bounded by `respond_by` and, each second, the colour's drain deadline.
 async fn timed<T>(
     fut: impl Future<Output = Result<T, Failure>>,
     in_flight: &InFlight,
-    timeout: Duration,
+    respond_by: Instant,
     deadline: &mut Option<Deadline>,
 ) -> Result<T, Failure> {
-    let respond_by = Instant::now() + timeout;
     tokio::pin!(fut);
     loop {
         let tick = respond_by.min(Instant::now() + CUT_CHECK);
@@ -413,8 +422,6 @@ pub struct RawBody {
     failed: Option<BoxError>,
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 enum Step {
     Data(Bytes),
     Trailers(HeaderMap),
@@ -479,8 +486,10 @@ impl RawBody {
     }
 
     /// Ends the body with `error`, booked as `kind`; the socket closes. The error is
-    /// given at the next poll, after a yield: what was given before it (the head, the
-    /// data) is written first, where an HTTP/2 reset in the same turn would drop it.
+    /// given at the next poll, after a yield, so the connection's task gets a turn to
+    /// write what was given before it: an HTTP/2 reset in the same turn would drop the
+    /// head still queued (hyper's client path had that turn between its tasks). A
+    /// best effort: what is still queued when the reset comes is dropped.
     fn broke(
         &mut self,
         kind: Option<ErrorKind>,
@@ -602,7 +611,7 @@ impl RawBody {
 
 /// A chunked body's trailer section (its final empty line included) as fields.
 fn parse_trailers(raw: &[u8]) -> Result<HeaderMap, BoxError> {
-    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
     let parsed = httparse::parse_headers(raw, &mut fields)?;
     let httparse::Status::Complete((_, fields)) = parsed else {
         return Err("incomplete trailer section".into());
