@@ -180,3 +180,81 @@ async fn a_backend_that_closes_each_connection_after_answering_causes_no_error()
     let status = proxy.status().await;
     assert_eq!(status["pools"]["blue"]["backends"][0]["healthy"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_whose_kept_connection_closes_unanswered_is_sent_once_more_on_a_new_one() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers the first request on each connection (after 200 ms, so two at once take
+    // two connections); any later one is read and the connection closed unanswered.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (accepted, unanswered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, u) = (Arc::clone(&accepted), Arc::clone(&unanswered));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let u = Arc::clone(&u);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut answered = false;
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        continue;
+                    }
+                    buf.clear();
+                    if answered {
+                        u.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    answered = true;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let green = TestBackend::start("green").await;
+    let proxy = Proxy::start(&[addr], &[green.addr], "").await;
+    let (h2, _conn) = h2c(proxy.addr).await;
+    let fetch = |mut h2: hyper::client::conn::http2::SendRequest<Full<Bytes>>| async move {
+        let req = Request::get("http://app.example/")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        h2.send_request(req).await.expect("h2 response").status()
+    };
+    // Two at once leave two kept connections.
+    let (one, two) = tokio::join!(fetch(h2.clone()), fetch(h2.clone()));
+    assert_eq!((one, two), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // The next takes one, which closes unanswered: the GET goes once more, on a new
+    // connection, not on the other kept one (which would close the same way).
+    assert_eq!(fetch(h2.clone()).await, StatusCode::OK);
+    assert_eq!(
+        unanswered.load(Ordering::SeqCst),
+        1,
+        "sent on one kept connection only"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "and then on a new one");
+
+    // The relay does the same: two kept connections are left, both closing unanswered.
+    assert_eq!(get(proxy.addr, "/").await.status, StatusCode::OK);
+    assert_eq!(
+        unanswered.load(Ordering::SeqCst),
+        2,
+        "relay: one kept connection only"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 4, "relay: then a new one");
+}

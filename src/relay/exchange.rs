@@ -71,8 +71,16 @@ pub(super) async fn exchange<C: ClientIo>(
         c.up = spare::bytes();
     }
     let mut moved = false;
+    // A request sent on a reused connection that closed unanswered goes once more, on
+    // a new connection: another kept one may have been closed the same way.
+    let mut retried = false;
     let (mut upstream, head) = loop {
-        let (mut upstream, reused) = match upstreams.take_raw(&backend) {
+        let idle = if retried {
+            None
+        } else {
+            upstreams.take_raw(&backend)
+        };
+        let (mut upstream, reused) = match idle {
             Some(stream) => (stream, true),
             None => match upstreams.connect_raw(&backend).await {
                 Ok(stream) => (stream, false),
@@ -97,7 +105,7 @@ pub(super) async fn exchange<C: ClientIo>(
         .await
         {
             Ok(head) => break (upstream, head),
-            Err(Failure::Unanswered(_)) if reused && ex.retry => continue,
+            Err(Failure::Unanswered(_)) if reused && ex.retry => retried = true,
             Err(Failure::Unanswered(e)) => return failed(c, proxy, ex, Failure::Io(e)).await,
             Err(failure) => return failed(c, proxy, ex, failure).await,
         }
