@@ -177,15 +177,6 @@ impl Sent {
             upgrade,
             peer,
         } = self;
-        if super::raw::takes(&req, upgrade.is_some()) {
-            let answer = super::raw::Answer {
-                timeout,
-                color_header,
-                limits,
-                read_timeout,
-            };
-            return super::raw::respond(in_flight, req, retry, peer, answer).await;
-        }
         let color = in_flight.color();
         let (req, body_sent) = headers::signal_sent(req);
         let mut answer = send(&in_flight, req, retry, timeout, body_sent).await;

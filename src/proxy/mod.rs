@@ -45,6 +45,15 @@ impl Proxy {
         let (limits, read_timeout) = (self.policy.limits, self.read_timeout);
         async move {
             Ok(match sent {
+                Ok(sent) if raw::takes(&sent.req, sent.upgrade.is_some()) => {
+                    let answer = raw::Answer {
+                        timeout,
+                        color_header,
+                        limits,
+                        read_timeout,
+                    };
+                    raw::respond(sent.in_flight, sent.req, sent.retry, sent.peer, answer).await
+                }
                 Ok(sent) => {
                     sent.response(timeout, color_header, limits, read_timeout)
                         .await

@@ -12,19 +12,16 @@
 //! client, which streams the upload and hands over the upgraded connection.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
-use super::body::BoxError;
+use super::body::{READ_SIZE, RawBody};
 use super::forward::{add_ours, added_fields, bad_response, failed};
 use super::{ProxyBody, local_response};
 use crate::backend_stream::BackendStream;
@@ -37,10 +34,8 @@ use crate::h1;
 use crate::headers::ClientBody;
 use crate::metrics::ErrorKind;
 use crate::rules::Limits;
-use crate::rules::response::{BadResponse, Framing, MAX_RESPONSE_FIELDS};
+use crate::rules::response::{BadResponse, Framing};
 
-/// Bytes asked of the kernel per read from a backend.
-const READ_SIZE: usize = 16 * 1024;
 /// The first read of a response.
 const HEAD_SIZE: usize = 4 * 1024;
 
@@ -173,26 +168,16 @@ pub(super) async fn respond(
         drop(in_flight);
         return Response::from_parts(parts, ProxyBody::Local(body.filter(|b| !b.is_empty())));
     }
-    let remaining = match head.framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
     Response::from_parts(
         parts,
-        ProxyBody::Raw(Box::new(RawBody {
-            stream: Some(stream),
+        ProxyBody::Raw(Box::new(RawBody::new(
+            stream,
             buf,
-            framing: head.framing,
-            remaining,
-            chunked: Chunked::default(),
-            trailers: Vec::new(),
-            keep_alive: head.keep_alive,
-            in_flight: Some(in_flight),
-            waiting: None,
-            read_timeout: answer.read_timeout,
-            ended: false,
-            failed: None,
-        })),
+            head.framing,
+            head.keep_alive,
+            in_flight,
+            answer.read_timeout,
+        ))),
     )
 }
 
@@ -393,243 +378,4 @@ fn failure_response(
         Failure::Bad(bad) => return bad_response(in_flight, bad, peer),
     };
     failed(in_flight, kind, err, peer)
-}
-
-/// A backend's response body read from its socket as the client takes it: the
-/// framing decoded, the in-flight guard held until the end, the socket handed back
-/// once the body has been read whole.
-pub struct RawBody {
-    /// `None` once the body ended (back in the pool, or closed).
-    stream: Option<BackendStream>,
-    /// Bytes read from the backend and not yet passed on.
-    buf: BytesMut,
-    framing: Framing,
-    /// Body bytes still to come, for a `Length` body.
-    remaining: u64,
-    chunked: Chunked,
-    /// A chunked body's trailer section, raw, until the body ends.
-    trailers: Vec<u8>,
-    /// The backend keeps the connection open after the body.
-    keep_alive: bool,
-    in_flight: Option<InFlight>,
-    /// While the body waits on its backend: when the wait began, and the timer that
-    /// checks each second for the drain deadline and the read timeout.
-    waiting: Option<(Instant, Pin<Box<Sleep>>)>,
-    read_timeout: Duration,
-    /// The last frame has been given.
-    ended: bool,
-    /// The error that ends the body, given at the next poll.
-    failed: Option<BoxError>,
-}
-
-enum Step {
-    Data(Bytes),
-    Trailers(HeaderMap),
-    End,
-    /// More bytes are needed from the backend.
-    Read,
-}
-
-impl RawBody {
-    /// What the bytes already read give next.
-    fn step(&mut self) -> Result<Step, BoxError> {
-        match self.framing {
-            Framing::Empty => Ok(Step::End),
-            Framing::Length(_) if self.remaining == 0 => Ok(Step::End),
-            Framing::Length(_) if self.buf.is_empty() => Ok(Step::Read),
-            Framing::Length(_) => {
-                let n = (self.buf.len() as u64).min(self.remaining);
-                self.remaining -= n;
-                let n = usize::try_from(n).unwrap_or(usize::MAX);
-                Ok(Step::Data(self.buf.split_to(n).freeze()))
-            }
-            Framing::Close if self.buf.is_empty() => Ok(Step::Read),
-            Framing::Close => Ok(Step::Data(self.buf.split().freeze())),
-            Framing::Chunked => loop {
-                if self.chunked.is_done() {
-                    if self.trailers.len() > 2 {
-                        return Ok(Step::Trailers(parse_trailers(&self.trailers)?));
-                    }
-                    return Ok(Step::End);
-                }
-                if self.buf.is_empty() {
-                    return Ok(Step::Read);
-                }
-                let (n, span) = self.chunked.decode(&self.buf, Some(&mut self.trailers))?;
-                if span.is_empty() {
-                    self.buf.advance(n);
-                    continue;
-                }
-                let mut data = self.buf.split_to(n);
-                data.advance(span.start);
-                return Ok(Step::Data(data.freeze()));
-            },
-        }
-    }
-
-    /// The body is done: the socket goes back when all of it was read and nothing
-    /// followed, the request stops counting.
-    fn finish(&mut self, complete: bool) {
-        self.ended = true;
-        if let (Some(stream), Some(guard)) = (self.stream.take(), self.in_flight.as_ref())
-            && complete
-            && self.keep_alive
-            && self.buf.is_empty()
-            && self.framing != Framing::Close
-        {
-            guard
-                .tracker()
-                .upstreams()
-                .put_back_raw(guard.backend(), stream);
-        }
-        self.in_flight.take();
-    }
-
-    /// Ends the body with `error`, booked as `kind`; the socket closes. The error is
-    /// given at the next poll, after a yield, so the connection's task gets a turn to
-    /// write what was given before it: an HTTP/2 reset in the same turn would drop the
-    /// head still queued (hyper's client path had that turn between its tasks). A
-    /// best effort: what is still queued when the reset comes is dropped.
-    fn broke(
-        &mut self,
-        kind: Option<ErrorKind>,
-        error: BoxError,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let (Some(kind), Some(guard)) = (kind, self.in_flight.as_mut()) {
-            guard.broke(kind);
-        }
-        self.stream.take();
-        self.in_flight.take();
-        self.failed = Some(error);
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    pub(super) fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(error) = self.failed.take() {
-            self.ended = true;
-            return Poll::Ready(Some(Err(error)));
-        }
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        if let Some(guard) = self.in_flight.as_mut().filter(|g| g.is_cut()) {
-            guard.closed_by_drain();
-            let e = "closed at its colour's drain deadline".into();
-            return self.broke(None, e, cx);
-        }
-        loop {
-            let step = match self.step() {
-                Ok(step) => step,
-                Err(e) => {
-                    return self.broke(Some(ErrorKind::Protocol), e, cx);
-                }
-            };
-            match step {
-                Step::Data(data) => {
-                    self.waiting = None;
-                    if let Some(guard) = self.in_flight.as_mut() {
-                        guard.bytes += data.len() as u64;
-                    }
-                    if self.is_complete() {
-                        self.finish(true);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Step::Trailers(map) => {
-                    self.finish(true);
-                    return Poll::Ready(Some(Ok(Frame::trailers(map))));
-                }
-                Step::End => {
-                    self.finish(true);
-                    return Poll::Ready(None);
-                }
-                Step::Read => {}
-            }
-            let Some(stream) = self.stream.as_mut() else {
-                return Poll::Ready(None);
-            };
-            if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
-                self.buf.reserve(READ_SIZE);
-            }
-            match poll_read_buf(stream, cx, &mut self.buf) {
-                Poll::Ready(Ok(0)) if self.framing == Framing::Close => {
-                    self.finish(false);
-                    return Poll::Ready(None);
-                }
-                Poll::Ready(Ok(0)) => {
-                    let e = "the backend closed the connection mid-body".into();
-                    return self.broke(Some(ErrorKind::Reset), e, cx);
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => {
-                    return self.broke(Some(ErrorKind::Reset), e.into(), cx);
-                }
-                Poll::Pending => {
-                    if let Some(end) = super::body::stalled(
-                        &mut self.in_flight,
-                        &mut self.waiting,
-                        self.read_timeout,
-                        cx,
-                    ) {
-                        return self.broke(None, end, cx);
-                    }
-                    return Poll::Pending;
-                }
-            }
-        }
-    }
-
-    /// All of the body has been read (nothing is left to give but the end).
-    fn is_complete(&self) -> bool {
-        match self.framing {
-            Framing::Empty => true,
-            Framing::Length(_) => self.remaining == 0,
-            Framing::Chunked => self.chunked.is_done() && self.trailers.len() <= 2,
-            Framing::Close => false,
-        }
-    }
-
-    pub(super) fn is_end_stream(&self) -> bool {
-        self.ended
-    }
-
-    pub(super) fn size_hint(&self) -> http_body::SizeHint {
-        match self.framing {
-            Framing::Length(_) => {
-                let left = self.remaining;
-                http_body::SizeHint::with_exact(left)
-            }
-            _ => http_body::SizeHint::default(),
-        }
-    }
-}
-
-/// A chunked body's trailer section (its final empty line included) as fields.
-fn parse_trailers(raw: &[u8]) -> Result<HeaderMap, BoxError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-    let parsed = httparse::parse_headers(raw, &mut fields)?;
-    let httparse::Status::Complete((_, fields)) = parsed else {
-        return Err("incomplete trailer section".into());
-    };
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for field in fields {
-        map.append(
-            HeaderName::from_bytes(field.name.as_bytes())?,
-            HeaderValue::from_bytes(field.value)?,
-        );
-    }
-    Ok(map)
-}
-
-fn poll_read_buf(
-    stream: &mut BackendStream,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
-    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
 }
