@@ -209,12 +209,80 @@ fn relay_heads(c: &mut Criterion) {
     });
 }
 
+/// Hyper's path on raw backend sockets: the request head written from hyper's parsed
+/// request (its fields already rewritten), the backend's response head parsed and
+/// turned into hyper's response parts, and a chunked body decoded.
+fn raw_socket_heads(c: &mut Criterion) {
+    let req = http::Request::get("/products?page=2")
+        .header("host", "shop.example")
+        .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64)")
+        .header("accept", "text/html,application/xhtml+xml")
+        .header("accept-encoding", "gzip, br")
+        .header("cookie", "session=abc123; theme=dark")
+        .header("x-forwarded-for", "192.0.2.44")
+        .header("x-forwarded-proto", "https")
+        .header("via", "2 cutover")
+        .body(())
+        .expect("request");
+    c.bench_function(
+        "raw sockets: write a request head from hyper's request",
+        |b| b.iter(|| cutover::proxy::request_head(black_box(&req)).len()),
+    );
+    let response: &[u8] =
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 23 Nov 2026 03:00:00 GMT\r\n\
+        Content-Type: text/html\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
+    let limits = Policy::default().limits;
+    let cookies = cutover::routing::SetCookies::default();
+    c.bench_function(
+        "raw sockets: parse a response head into hyper's parts",
+        |b| {
+            b.iter(|| {
+                let mut fields = h1::fields();
+                match h1::parse_response(black_box(response), &mut fields, false, &limits) {
+                    Ok(Some(resp)) => {
+                        cutover::proxy::response_parts(&resp, Some(Color::Blue), &cookies)
+                            .map_or(0, |p| p.headers.len())
+                    }
+                    _ => 0,
+                }
+            })
+        },
+    );
+    let mut body = Vec::new();
+    for _ in 0..16 {
+        body.extend_from_slice(b"1000\r\n");
+        body.extend_from_slice(&[b'x'; 4096]);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    c.bench_function(
+        "raw sockets: decode a 64 KiB chunked body (16 chunks)",
+        |b| {
+            b.iter(|| {
+                let mut decoder = cutover::chunked::Chunked::default();
+                let (mut at, mut data) = (0, 0);
+                while !decoder.is_done() {
+                    match decoder.decode(black_box(&body[at..]), None) {
+                        Ok((n, span)) => {
+                            at += n;
+                            data += span.len();
+                        }
+                        Err(_) => break,
+                    }
+                }
+                data
+            })
+        },
+    );
+}
+
 criterion_group!(
     benches,
     route_and_pick,
     route_canary,
     swap,
     header_rewrite,
-    relay_heads
+    relay_heads,
+    raw_socket_heads
 );
 criterion_main!(benches);

@@ -25,6 +25,8 @@ mod tunnel;
 
 pub use body::{ProxyBody, local_response};
 use forward::{NotSent, Sent, refused_response};
+/// The raw-socket exchange's head conversions, for the benches.
+pub use raw::{request_head, response_parts};
 
 impl Proxy {
     /// Forwards one request and returns the response to send to the client. Never fails:

@@ -26,6 +26,7 @@ use super::forward::{add_ours, added_fields, bad_response, failed};
 use super::{ProxyBody, local_response};
 use crate::backend_stream::BackendStream;
 use crate::chunked::Chunked;
+use crate::color::Color;
 use crate::deadline::Deadline;
 use crate::dispatch::{connect_error, retry_elsewhere, upstream_error};
 use crate::drain::{CUT_CHECK, InFlight};
@@ -33,6 +34,7 @@ use crate::error::ProxyError;
 use crate::h1;
 use crate::headers::ClientBody;
 use crate::metrics::ErrorKind;
+use crate::routing::SetCookies;
 use crate::rules::Limits;
 use crate::rules::response::{BadResponse, Framing};
 
@@ -58,10 +60,7 @@ enum Failure {
 
 /// A backend's final response head, owned, and where its body starts.
 struct Head {
-    status: StatusCode,
-    headers: HeaderMap,
-    /// The backend's reason phrase when it is not the canonical one.
-    reason: Option<hyper::ext::ReasonPhrase>,
+    parts: http::response::Parts,
     framing: Framing,
     keep_alive: bool,
 }
@@ -141,15 +140,9 @@ pub(super) async fn respond(
         // head is a 502, as a broken head is (the relay judges it the same way).
         return bad_response(&mut in_flight, BadResponse::Chunked, peer);
     }
-    in_flight.backend().record(!head.status.is_server_error());
-    in_flight.status = head.status.as_u16();
-    let mut resp = Response::new(());
-    *resp.status_mut() = head.status;
-    *resp.headers_mut() = head.headers;
-    if let Some(reason) = head.reason {
-        resp.extensions_mut().insert(reason);
-    }
-    let (parts, ()) = resp.into_parts();
+    let parts = head.parts;
+    in_flight.backend().record(!parts.status.is_server_error());
+    in_flight.status = parts.status.as_u16();
     // The usual case: the whole body came with the head. Answered now; the
     // connection goes back before the client has the body, as on the relay.
     let whole = match head.framing {
@@ -183,7 +176,7 @@ pub(super) async fn respond(
 
 /// The request head as the backend gets it: origin-form target, HTTP/1.1, the fields
 /// the rulebook forwarded.
-fn request_head(req: &Request<ClientBody>) -> Vec<u8> {
+pub fn request_head<B>(req: &Request<B>) -> Vec<u8> {
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let fields: usize = req
         .headers()
@@ -277,7 +270,13 @@ async fn exchange(
                     heard = true;
                     continue;
                 }
-                let head = owned_head(&resp, answer.color_header, in_flight)?;
+                let color = answer.color_header.then_some(in_flight.color());
+                let head = Head {
+                    parts: response_parts(&resp, color, &in_flight.cookies)
+                        .map_err(Failure::Bad)?,
+                    framing: resp.plan.framing,
+                    keep_alive: resp.plan.keep_alive,
+                };
                 buf.advance(head_len);
                 return Ok(head);
             }
@@ -300,44 +299,45 @@ async fn exchange(
     }
 }
 
-/// The client's response head: the fields the rulebook keeps, then what cutover adds.
-fn owned_head(
+/// The client's response head for `resp` on hyper's path: the status, the fields the
+/// rulebook keeps, then what cutover adds (`color` when its header is on), and the
+/// backend's reason phrase when it is not the canonical one.
+pub fn response_parts(
     resp: &h1::Response<'_, '_>,
-    color_header: bool,
-    in_flight: &InFlight,
-) -> Result<Head, Failure> {
+    color: Option<Color>,
+    cookies: &SetCookies,
+) -> Result<http::response::Parts, BadResponse> {
     let plan = &resp.plan;
-    let skip = plan.skip | if color_header { plan.color_fields } else { 0 };
+    let skip = plan.skip
+        | if color.is_some() {
+            plan.color_fields
+        } else {
+            0
+        };
     let kept = resp.headers.len() - (skip.count_ones() as usize).min(resp.headers.len());
-    let mut headers = HeaderMap::with_capacity(kept + added_fields(plan, &in_flight.cookies));
+    let mut headers = HeaderMap::with_capacity(kept + added_fields(plan, cookies));
     for (i, field) in resp.headers.iter().enumerate() {
         if skip & (1 << i) != 0 {
             continue;
         }
         let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Failure::Bad(BadResponse::Parse("invalid field name")))?;
+            .map_err(|_| BadResponse::Parse("invalid field name"))?;
         let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| Failure::Bad(BadResponse::Parse("invalid field value")))?;
+            .map_err(|_| BadResponse::Parse("invalid field value"))?;
         headers.append(name, value);
     }
-    add_ours(
-        &mut headers,
-        plan,
-        color_header.then_some(in_flight.color()),
-        &in_flight.cookies,
-    );
-    let status = StatusCode::from_u16(resp.code)
-        .map_err(|_| Failure::Bad(BadResponse::Parse("invalid status code")))?;
-    let reason = (status.canonical_reason().map(str::as_bytes) != Some(resp.reason))
-        .then(|| hyper::ext::ReasonPhrase::try_from(Bytes::copy_from_slice(resp.reason)).ok())
-        .flatten();
-    Ok(Head {
-        status,
-        headers,
-        reason,
-        framing: plan.framing,
-        keep_alive: plan.keep_alive,
-    })
+    add_ours(&mut headers, plan, color, cookies);
+    let status =
+        StatusCode::from_u16(resp.code).map_err(|_| BadResponse::Parse("invalid status code"))?;
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    parts.headers = headers;
+    if status.canonical_reason().map(str::as_bytes) != Some(resp.reason)
+        && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(Bytes::copy_from_slice(resp.reason))
+    {
+        parts.extensions.insert(reason);
+    }
+    Ok(parts)
 }
 
 /// Books a failed attempt and answers with the status that says why, as hyper's
