@@ -8,6 +8,10 @@ pub struct Malformed;
 
 /// Longest trailer section accepted.
 const MAX_TRAILERS: usize = 64 * 1024;
+/// Most chunk-extension bytes accepted in one body (hyper's decoder allows as many):
+/// every one is framing, so without a bound a backend could keep a body busy with no
+/// data and no end.
+const MAX_EXTENSIONS: usize = 16 * 1024;
 
 /// Finds the end of a chunked body (RFC 9112 §7.1) in the bytes relayed through it,
 /// strictly: CRLF line ends, hex sizes that fit in 64 bits, trailers bounded. What it
@@ -24,6 +28,8 @@ pub struct Chunked {
     digits: u8,
     /// Trailer bytes so far.
     trailer: usize,
+    /// Chunk-extension bytes so far, in all of the body's size lines.
+    extensions: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +97,12 @@ impl Chunked {
                 (EndLf, b'\n') => Done,
                 _ => return Err(Malformed),
             };
+            if matches!(self.state, Extension) {
+                self.extensions += 1;
+                if self.extensions > MAX_EXTENSIONS {
+                    return Err(Malformed);
+                }
+            }
             if matches!(self.state, TrailerLine) {
                 self.trailer += 1;
                 if self.trailer > MAX_TRAILERS {
@@ -195,6 +207,16 @@ mod tests {
             assert_eq!(trailers, b"x-sum: 1\r\n\r\n", "step {step}");
             assert_eq!(&body[at..], b"NEXT", "step {step}");
         }
+    }
+
+    #[test]
+    fn chunk_extensions_are_bounded_per_body() {
+        let mut body = b"1;".to_vec();
+        body.extend(std::iter::repeat_n(b'e', MAX_EXTENSIONS - 1));
+        body.extend_from_slice(b"\r\nx\r\n");
+        assert_eq!(chunked(&body), Ok((body.len(), false)));
+        body.extend_from_slice(b"1;e\r\nx\r\n");
+        assert_eq!(chunked(&body), Err(Malformed));
     }
 
     #[test]
