@@ -152,6 +152,12 @@ impl Chunked {
     }
 }
 
+/// Whether the body bytes that came with a chunked response's head are well framed so
+/// far: every path judges them before the head is sent on (a 502 when not).
+pub fn start_is_sound(bytes: &[u8]) -> bool {
+    Chunked::default().advance(bytes).is_ok()
+}
+
 fn hex_value(b: u8) -> u8 {
     match b {
         b'0'..=b'9' => b - b'0',

@@ -12,6 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
+use crate::backend_stream::BackendStream;
 use crate::color::Color;
 use crate::config::UpstreamConfig;
 use crate::connections::Timeouts;
@@ -178,6 +179,28 @@ pub(crate) fn retry_elsewhere(in_flight: &mut InFlight, cause: &dyn std::fmt::Di
     );
     in_flight.move_to(&next);
     true
+}
+
+/// A raw socket to the request's backend: a kept one unless `fresh`, else a new one,
+/// and whether it was kept. A backend that cannot be connected moves the request to
+/// another ([`retry_elsewhere`]) unless `moved` says it already moved once.
+pub(crate) async fn raw_connection(
+    in_flight: &mut InFlight,
+    fresh: bool,
+    moved: &mut bool,
+) -> Result<(BackendStream, bool), UpstreamError> {
+    loop {
+        let backend = Arc::clone(in_flight.backend());
+        let upstreams = Arc::clone(in_flight.tracker().upstreams());
+        if !fresh && let Some(stream) = upstreams.take_raw(&backend) {
+            return Ok((stream, true));
+        }
+        match upstreams.connect_raw(&backend).await {
+            Ok(stream) => return Ok((stream, false)),
+            Err(e) if !*moved && retry_elsewhere(in_flight, &e) => *moved = true,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A connection to the backend that could not be opened, on either path: unreachable

@@ -22,10 +22,8 @@ use crate::chunked::Chunked;
 use crate::drain::{CUT_CHECK, InFlight};
 use crate::idle::Sender;
 use crate::metrics::ErrorKind;
+use crate::relay::READ_SIZE;
 use crate::rules::response::{Framing, MAX_RESPONSE_FIELDS};
-
-/// Bytes asked of the kernel per read from a backend's raw socket.
-pub(super) const READ_SIZE: usize = 16 * 1024;
 
 /// The body sent back to the client: a backend's streamed body (holding the request's
 /// in-flight guard until it ends) or a short local error text.

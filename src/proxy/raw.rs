@@ -12,7 +12,6 @@
 //! client, which streams the upload and hands over the upgraded connection.
 
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -21,19 +20,20 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::body::{READ_SIZE, RawBody};
+use super::body::RawBody;
 use super::forward::{add_ours, added_fields, bad_response, failed};
 use super::{ProxyBody, local_response};
 use crate::backend_stream::BackendStream;
-use crate::chunked::Chunked;
+use crate::chunked;
 use crate::color::Color;
 use crate::deadline::Deadline;
-use crate::dispatch::{connect_error, retry_elsewhere, upstream_error};
+use crate::dispatch::{connect_error, raw_connection, upstream_error};
 use crate::drain::{CUT_CHECK, InFlight};
 use crate::error::ProxyError;
 use crate::h1;
 use crate::headers::ClientBody;
 use crate::metrics::ErrorKind;
+use crate::relay::READ_SIZE;
 use crate::routing::SetCookies;
 use crate::rules::Limits;
 use crate::rules::response::{BadResponse, Framing};
@@ -87,8 +87,6 @@ pub(super) async fn respond(
     let head_request = req.method() == Method::HEAD;
     let out = request_head(&req);
     drop(req);
-    let upstreams = Arc::clone(in_flight.tracker().upstreams());
-    let mut backend = Arc::clone(in_flight.backend());
     let mut moved = false;
     // A request sent on a reused connection that closed unanswered goes once more, on
     // a new connection, as on hyper's client.
@@ -98,22 +96,9 @@ pub(super) async fn respond(
     // One response timeout for every attempt.
     let respond_by = Instant::now() + answer.timeout;
     let attempt = loop {
-        let idle = if retried {
-            None
-        } else {
-            upstreams.take_raw(&backend)
-        };
-        let (mut stream, reused) = match idle {
-            Some(stream) => (stream, true),
-            None => match upstreams.connect_raw(&backend).await {
-                Ok(stream) => (stream, false),
-                Err(e) if !moved && retry_elsewhere(&mut in_flight, &e) => {
-                    moved = true;
-                    backend = Arc::clone(in_flight.backend());
-                    continue;
-                }
-                Err(e) => break Err(Failure::Connect(e)),
-            },
+        let (mut stream, reused) = match raw_connection(&mut in_flight, retried, &mut moved).await {
+            Ok(conn) => conn,
+            Err(e) => break Err(Failure::Connect(e)),
         };
         buf.clear();
         let exchange = exchange(
@@ -135,7 +120,7 @@ pub(super) async fn respond(
         Ok(ok) => ok,
         Err(failure) => return failure_response(&mut in_flight, failure, peer, &answer),
     };
-    if head.framing == Framing::Chunked && Chunked::default().advance(&buf).is_err() {
+    if head.framing == Framing::Chunked && !chunked::start_is_sound(&buf) {
         // Nothing has reached the client yet: broken framing in what came with the
         // head is a 502, as a broken head is (the relay judges it the same way).
         return bad_response(&mut in_flight, BadResponse::Chunked, peer);
@@ -155,7 +140,8 @@ pub(super) async fn respond(
     };
     if let Some(body) = whole {
         if head.keep_alive && buf.is_empty() {
-            upstreams.put_back_raw(&backend, stream);
+            let upstreams = in_flight.tracker().upstreams();
+            upstreams.put_back_raw(in_flight.backend(), stream);
         }
         in_flight.bytes += body.as_ref().map_or(0, |b| b.len() as u64);
         drop(in_flight);
@@ -207,15 +193,14 @@ async fn timed<T>(
 ) -> Result<T, Failure> {
     tokio::pin!(fut);
     loop {
-        let tick = respond_by.min(Instant::now() + CUT_CHECK);
+        let now = Instant::now();
+        let tick = respond_by.min(now + CUT_CHECK);
         let deadline = match deadline {
             Some(d) => {
                 d.set(tick);
                 d
             }
-            None => deadline.insert(Deadline::new(
-                tick.saturating_duration_since(Instant::now()),
-            )),
+            None => deadline.insert(Deadline::new(tick.saturating_duration_since(now))),
         };
         tokio::select! {
             biased;

@@ -13,10 +13,10 @@ use super::body::{relay_body, spare};
 use super::{Conn, Exchange, READ_SIZE};
 
 use crate::backend_stream::{BackendStream, WriteHalf};
-use crate::chunked::Chunked;
+use crate::chunked;
 use crate::client_io::ClientIo;
 use crate::deadline::Deadline;
-use crate::dispatch::{Proxy, book_failure, connect_error, retry_elsewhere, upstream_error};
+use crate::dispatch::{Proxy, book_failure, connect_error, raw_connection, upstream_error};
 use crate::drain::CUT_CHECK;
 use crate::error::ProxyError;
 use crate::h1;
@@ -61,8 +61,6 @@ pub(super) async fn exchange<C: ClientIo>(
     mut ex: Exchange,
     deadline: &mut Deadline,
 ) -> bool {
-    let mut backend = Arc::clone(ex.in_flight.backend());
-    let upstreams = proxy.tracker.upstreams();
     let now = Instant::now();
     let mut respond_by = now + proxy.response_timeout;
     deadline.set(respond_by.min(now + CUT_CHECK));
@@ -75,23 +73,11 @@ pub(super) async fn exchange<C: ClientIo>(
     // a new connection: another kept one may have been closed the same way.
     let mut retried = false;
     let (mut upstream, head) = loop {
-        let idle = if retried {
-            None
-        } else {
-            upstreams.take_raw(&backend)
-        };
-        let (mut upstream, reused) = match idle {
-            Some(stream) => (stream, true),
-            None => match upstreams.connect_raw(&backend).await {
-                Ok(stream) => (stream, false),
-                Err(e) if !moved && retry_elsewhere(&mut ex.in_flight, &e) => {
-                    moved = true;
-                    backend = Arc::clone(ex.in_flight.backend());
-                    continue;
-                }
+        let (mut upstream, reused) =
+            match raw_connection(&mut ex.in_flight, retried, &mut moved).await {
+                Ok(conn) => conn,
                 Err(e) => return failed(c, proxy, ex, Failure::Connect(e)).await,
-            },
-        };
+            };
         c.up.clear();
         match response_head(
             c,
@@ -110,12 +96,14 @@ pub(super) async fn exchange<C: ClientIo>(
             Err(failure) => return failed(c, proxy, ex, failure).await,
         }
     };
-    if head.framing == Framing::Chunked && !chunked_start_is_sound(&c.up) {
+    if head.framing == Framing::Chunked && !chunked::start_is_sound(&c.up) {
         // Nothing has reached the client yet: the broken body is a 502 like a broken
         // head (what came after the head is judged before the head is sent on).
         c.out.clear();
         return failed(c, proxy, ex, Failure::Bad(BadResponse::Chunked)).await;
     }
+    // Where the socket goes back: the guard moves into the body relay.
+    let backend = Arc::clone(ex.in_flight.backend());
     ex.in_flight.backend().record(head.code < 500);
     ex.in_flight.status = head.code;
     let reusable = match relay_body(
@@ -134,7 +122,7 @@ pub(super) async fn exchange<C: ClientIo>(
         }
     };
     if reusable {
-        upstreams.put_back_raw(&backend, upstream);
+        proxy.tracker.upstreams().put_back_raw(&backend, upstream);
     }
     head.framing != Framing::Close
 }
@@ -341,10 +329,4 @@ async fn failed<C: ClientIo>(
     Conn::write(&mut c.client, &c.out, c.write_timeout)
         .await
         .is_ok()
-}
-
-/// Whether the body bytes that came with a chunked response's head are well framed so
-/// far.
-fn chunked_start_is_sound(bytes: &[u8]) -> bool {
-    Chunked::default().advance(bytes).is_ok()
 }

@@ -133,8 +133,9 @@ const WRITE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// once, not twice.
 const COPIED_BODY: usize = 16 * 1024;
 
-/// Bytes asked of the kernel per read from a backend.
-const READ_SIZE: usize = 16 * 1024;
+/// Bytes asked of the kernel per read from a backend (the relay's, and hyper's path on
+/// raw sockets).
+pub(crate) const READ_SIZE: usize = 16 * 1024;
 /// Room for a client's request head, grown when one is larger.
 const HEAD_SIZE: usize = 4 * 1024;
 
