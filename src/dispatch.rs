@@ -195,7 +195,9 @@ pub(crate) async fn raw_connection(
         if !fresh && let Some(stream) = upstreams.take_raw(&backend) {
             return Ok((stream, true));
         }
-        match upstreams.connect_raw(&backend).await {
+        // Boxed: opening a connection (TLS included) is a large future that a request
+        // on a kept socket would otherwise carry too.
+        match Box::pin(upstreams.connect_raw(&backend)).await {
             Ok(stream) => return Ok((stream, false)),
             Err(e) if !*moved && retry_elsewhere(in_flight, &e) => *moved = true,
             Err(e) => return Err(e),

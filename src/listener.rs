@@ -224,15 +224,18 @@ async fn serve_tls(
     let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
     let failure = match handshake.await {
         Ok(Ok(stream)) => {
-            relay::serve(
+            // A task of its own: this one holds the handshake's state and a copy of
+            // the session as it came out of it, and an idle TLS connection should hold
+            // neither.
+            let conn = relay::serve(
                 stream,
                 Peer::new(peer, &current.proxy.policy, "https"),
                 Arc::clone(&current.proxy),
                 Arc::clone(&current.builder),
                 current.timeouts,
                 watch,
-            )
-            .await;
+            );
+            tokio::spawn(conn.in_current_span());
             return;
         }
         Ok(Err(e)) => {

@@ -56,9 +56,10 @@ impl Proxy {
                     };
                     raw::respond(sent.in_flight, sent.req, sent.retry, sent.peer, answer).await
                 }
+                // Boxed: hyper's client future is twice the raw exchange's, and every
+                // bodiless request (each HTTP/2 GET) would carry it in its task.
                 Ok(sent) => {
-                    sent.response(timeout, color_header, limits, read_timeout)
-                        .await
+                    Box::pin(sent.response(timeout, color_header, limits, read_timeout)).await
                 }
                 Err(NotSent::Failed(err)) => local_response(err.status(), err.client_message()),
                 Err(NotSent::Refused(reject)) => refused_response(reject),

@@ -76,7 +76,7 @@ pub(super) async fn exchange<C: ClientIo>(
         let (mut upstream, reused) =
             match raw_connection(&mut ex.in_flight, retried, &mut moved).await {
                 Ok(conn) => conn,
-                Err(e) => return failed(c, proxy, ex, Failure::Connect(e)).await,
+                Err(e) => return Box::pin(failed(c, proxy, ex, Failure::Connect(e))).await,
             };
         c.up.clear();
         match response_head(
@@ -92,15 +92,15 @@ pub(super) async fn exchange<C: ClientIo>(
         {
             Ok(head) => break (upstream, head),
             Err(Failure::Unanswered(_)) if reused && ex.retry => retried = true,
-            Err(Failure::Unanswered(e)) => return failed(c, proxy, ex, Failure::Io(e)).await,
-            Err(failure) => return failed(c, proxy, ex, failure).await,
+            Err(Failure::Unanswered(e)) => return Box::pin(failed(c, proxy, ex, Failure::Io(e))).await,
+            Err(failure) => return Box::pin(failed(c, proxy, ex, failure)).await,
         }
     };
     if head.framing == Framing::Chunked && !chunked::start_is_sound(&c.up) {
         // Nothing has reached the client yet: the broken body is a 502 like a broken
         // head (what came after the head is judged before the head is sent on).
         c.out.clear();
-        return failed(c, proxy, ex, Failure::Bad(BadResponse::Chunked)).await;
+        return Box::pin(failed(c, proxy, ex, Failure::Bad(BadResponse::Chunked))).await;
     }
     // Where the socket goes back: the guard moves into the body relay.
     let backend = Arc::clone(ex.in_flight.backend());
@@ -263,7 +263,9 @@ async fn write_or_flush(
 }
 
 /// Books a failed attempt (the backend's run of failures, the error counter, the log)
-/// and answers the client with the status that says why.
+/// and answers the client with the status that says why. Awaited boxed: the error
+/// path's future would otherwise be part of every exchange's, and of every idle
+/// connection's task.
 async fn failed<C: ClientIo>(
     c: &mut Conn<C>,
     proxy: &Proxy,

@@ -14,6 +14,7 @@
 //! 400 or 431). The routing, the in-flight guard, the metrics and the error answers are
 //! the same on both paths.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,16 +43,19 @@ mod exchange;
 
 /// Serves one client connection until it closes, times out, or shutdown is signalled
 /// (then after its current response).
-pub async fn serve<C: ClientIo>(
+///
+/// Not an `async fn`: the connection's state is built here and moved into the future
+/// once. An `async fn` keeps each argument twice (as passed and as its local), and what
+/// the connection's task holds while it waits for the next request is what 10,000 idle
+/// connections cost.
+pub fn serve<C: ClientIo>(
     stream: C,
     peer: Peer,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     timeouts: Timeouts,
     watch: Watch,
-) {
-    let stopping = watch.stopping();
-    tokio::pin!(stopping);
+) -> impl Future<Output = ()> + Send {
     let mut c = Conn {
         client: stream,
         // Taken from the spares when needed: an idle connection holds no buffer.
@@ -61,11 +65,15 @@ pub async fn serve<C: ClientIo>(
         peer,
         write_timeout: timeouts.write,
     };
-    if requests(&mut c, &proxy, timeouts, &watch, stopping.as_mut()).await {
-        // Boxed: hyper's connection is large and most connections never need it.
-        return Box::pin(hand_off(c, proxy, &builder, timeouts, stopping)).await;
+    async move {
+        let stopping = watch.stopping();
+        tokio::pin!(stopping);
+        if requests(&mut c, &proxy, timeouts, &watch, stopping.as_mut()).await {
+            // Boxed: hyper's connection is large and most connections never need it.
+            return Box::pin(hand_off(c, proxy, &builder, timeouts, stopping)).await;
+        }
+        c.client.close(WRITE_GRACE).await;
     }
-    c.client.close(WRITE_GRACE).await;
 }
 
 /// Relays requests until the connection ends (false) or one is declined and hyper
