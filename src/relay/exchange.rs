@@ -92,7 +92,9 @@ pub(super) async fn exchange<C: ClientIo>(
         {
             Ok(head) => break (upstream, head),
             Err(Failure::Unanswered(_)) if reused && ex.retry => retried = true,
-            Err(Failure::Unanswered(e)) => return Box::pin(failed(c, proxy, ex, Failure::Io(e))).await,
+            Err(Failure::Unanswered(e)) => {
+                return Box::pin(failed(c, proxy, ex, Failure::Io(e))).await;
+            }
             Err(failure) => return Box::pin(failed(c, proxy, ex, failure)).await,
         }
     };
