@@ -2,7 +2,9 @@
 //! new one), read the response head, judge it by the rulebook, and answer with the
 //! status that says why when the backend fails.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Buf;
@@ -76,7 +78,7 @@ pub(super) async fn exchange<C: ClientIo>(
         let (mut upstream, reused) =
             match raw_connection(&mut ex.in_flight, retried, &mut moved).await {
                 Ok(conn) => conn,
-                Err(e) => return Box::pin(failed(c, proxy, ex, Failure::Connect(e))).await,
+                Err(e) => return failed(c, proxy, ex, Failure::Connect(e)).await,
             };
         c.up.clear();
         match response_head(
@@ -92,17 +94,15 @@ pub(super) async fn exchange<C: ClientIo>(
         {
             Ok(head) => break (upstream, head),
             Err(Failure::Unanswered(_)) if reused && ex.retry => retried = true,
-            Err(Failure::Unanswered(e)) => {
-                return Box::pin(failed(c, proxy, ex, Failure::Io(e))).await;
-            }
-            Err(failure) => return Box::pin(failed(c, proxy, ex, failure)).await,
+            Err(Failure::Unanswered(e)) => return failed(c, proxy, ex, Failure::Io(e)).await,
+            Err(failure) => return failed(c, proxy, ex, failure).await,
         }
     };
     if head.framing == Framing::Chunked && !chunked::start_is_sound(&c.up) {
         // Nothing has reached the client yet: the broken body is a 502 like a broken
         // head (what came after the head is judged before the head is sent on).
         c.out.clear();
-        return Box::pin(failed(c, proxy, ex, Failure::Bad(BadResponse::Chunked))).await;
+        return failed(c, proxy, ex, Failure::Bad(BadResponse::Chunked)).await;
     }
     // Where the socket goes back: the guard moves into the body relay.
     let backend = Arc::clone(ex.in_flight.backend());
@@ -265,72 +265,74 @@ async fn write_or_flush(
 }
 
 /// Books a failed attempt (the backend's run of failures, the error counter, the log)
-/// and answers the client with the status that says why. Awaited boxed: the error
-/// path's future would otherwise be part of every exchange's, and of every idle
-/// connection's task.
-async fn failed<C: ClientIo>(
-    c: &mut Conn<C>,
-    proxy: &Proxy,
+/// and answers the client with the status that says why. Boxed here, once for every
+/// caller: the error path's future would otherwise be part of every exchange's, and
+/// of every idle connection's task.
+fn failed<'a, C: ClientIo>(
+    c: &'a mut Conn<C>,
+    proxy: &'a Proxy,
     ex: Exchange,
     failure: Failure,
-) -> bool {
-    let Exchange {
-        mut in_flight,
-        close,
-        ..
-    } = ex;
-    let (backend, color) = (in_flight.backend().address.clone(), in_flight.color());
-    let (kind, err) = match failure {
-        Failure::Connect(e) => {
-            let cause = e.to_string();
-            (ErrorKind::Connect, connect_error(backend, color, &e, cause))
-        }
-        Failure::Drained => {
-            // Not the backend's fault: counted as closed by the drain, answered 503,
-            // and the connection closed.
-            let mut in_flight = in_flight;
-            in_flight.closed_by_drain();
-            let err = ProxyError::Drained { backend, color };
-            in_flight.status = err.status().as_u16();
-            drop(in_flight);
-            c.out.clear();
-            h1::write_local(err.status(), err.client_message(), true, &mut c.out);
-            let _ = Conn::write(&mut c.client, &c.out, c.write_timeout).await;
-            return false;
-        }
-        Failure::ClientGone => {
-            // Nobody to answer, and the backend's answer, if any, is not read: not the
-            // backend's failure. The request ends with no status (as on hyper's path).
-            tracing::debug!(peer = %c.peer.addr, "client closed before the response");
-            return false;
-        }
-        Failure::Timeout => (
-            ErrorKind::Timeout,
-            ProxyError::Timeout {
-                backend,
-                color,
-                after: proxy.response_timeout,
-            },
-        ),
-        Failure::Unanswered(e) | Failure::Io(e) => {
-            let cause = e.to_string();
-            (ErrorKind::Reset, upstream_error(backend, color, &e, cause))
-        }
-        Failure::Bad(e) => (
-            ErrorKind::Protocol,
-            ProxyError::Upstream {
-                backend,
-                color,
-                cause: e.to_string(),
-            },
-        ),
-    };
-    book_failure(&mut in_flight, kind, &err, c.peer.addr);
-    // Done before the client has the answer, as on the success path.
-    drop(in_flight);
-    c.out.clear();
-    h1::write_local(err.status(), err.client_message(), close, &mut c.out);
-    Conn::write(&mut c.client, &c.out, c.write_timeout)
-        .await
-        .is_ok()
+) -> Pin<Box<impl Future<Output = bool> + Send + 'a>> {
+    Box::pin(async move {
+        let Exchange {
+            mut in_flight,
+            close,
+            ..
+        } = ex;
+        let (backend, color) = (in_flight.backend().address.clone(), in_flight.color());
+        let (kind, err) = match failure {
+            Failure::Connect(e) => {
+                let cause = e.to_string();
+                (ErrorKind::Connect, connect_error(backend, color, &e, cause))
+            }
+            Failure::Drained => {
+                // Not the backend's fault: counted as closed by the drain, answered 503,
+                // and the connection closed.
+                let mut in_flight = in_flight;
+                in_flight.closed_by_drain();
+                let err = ProxyError::Drained { backend, color };
+                in_flight.status = err.status().as_u16();
+                drop(in_flight);
+                c.out.clear();
+                h1::write_local(err.status(), err.client_message(), true, &mut c.out);
+                let _ = Conn::write(&mut c.client, &c.out, c.write_timeout).await;
+                return false;
+            }
+            Failure::ClientGone => {
+                // Nobody to answer, and the backend's answer, if any, is not read: not the
+                // backend's failure. The request ends with no status (as on hyper's path).
+                tracing::debug!(peer = %c.peer.addr, "client closed before the response");
+                return false;
+            }
+            Failure::Timeout => (
+                ErrorKind::Timeout,
+                ProxyError::Timeout {
+                    backend,
+                    color,
+                    after: proxy.response_timeout,
+                },
+            ),
+            Failure::Unanswered(e) | Failure::Io(e) => {
+                let cause = e.to_string();
+                (ErrorKind::Reset, upstream_error(backend, color, &e, cause))
+            }
+            Failure::Bad(e) => (
+                ErrorKind::Protocol,
+                ProxyError::Upstream {
+                    backend,
+                    color,
+                    cause: e.to_string(),
+                },
+            ),
+        };
+        book_failure(&mut in_flight, kind, &err, c.peer.addr);
+        // Done before the client has the answer, as on the success path.
+        drop(in_flight);
+        c.out.clear();
+        h1::write_local(err.status(), err.client_message(), close, &mut c.out);
+        Conn::write(&mut c.client, &c.out, c.write_timeout)
+            .await
+            .is_ok()
+    })
 }
