@@ -19,9 +19,10 @@ use cutover::reload::{ReloadHook, ReloadReport, Reloader, Trigger};
 use cutover::server::Server;
 
 /// mimalloc rather than glibc malloc: HTTP/2 allocates per stream and per frame, and
-/// mimalloc's thread-local free lists take +5-15 % h2c requests/s on one core. Its
-/// arena costs ~13 MiB more at start, which 10k idle connections still fit under
-/// HAProxy's RSS (benches/compare.sh --edge).
+/// with mimalloc's thread-local free lists h2c took +5 % and +21 % requests/s on one
+/// core in two A/Bs (plain keep-alive the same within noise). Its arena costs ~13 MiB
+/// more at start, which 10k idle connections still fit under HAProxy's RSS
+/// (benches/compare.sh --edge).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
