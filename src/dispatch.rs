@@ -5,6 +5,7 @@
 //! relay and the hyper path ([`proxy`](crate::proxy)) both stand on it; it knows
 //! neither.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,6 +202,46 @@ pub(crate) async fn raw_connection(
             Ok(stream) => return Ok((stream, false)),
             Err(e) if !*moved && retry_elsewhere(in_flight, &e) => *moved = true,
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How an attempt on a raw path (the relay, or hyper's path for a request without a
+/// body) failed that is the backend's fault alone. Both book it the same way.
+pub(crate) enum Fault {
+    Connect(UpstreamError),
+    /// Nothing came back on the connection: on a reused one, it may be retried.
+    Unanswered(io::Error),
+    Io(io::Error),
+    /// No response head within `after`.
+    Timeout,
+}
+
+impl Fault {
+    /// The kind counted and the error answered for it.
+    pub(crate) fn booked(
+        self,
+        backend: String,
+        color: Color,
+        after: Duration,
+    ) -> (ErrorKind, ProxyError) {
+        match self {
+            Fault::Connect(e) => {
+                let cause = e.to_string();
+                (ErrorKind::Connect, connect_error(backend, color, &e, cause))
+            }
+            Fault::Timeout => (
+                ErrorKind::Timeout,
+                ProxyError::Timeout {
+                    backend,
+                    color,
+                    after,
+                },
+            ),
+            Fault::Unanswered(e) | Fault::Io(e) => {
+                let cause = e.to_string();
+                (ErrorKind::Reset, upstream_error(backend, color, &e, cause))
+            }
         }
     }
 }

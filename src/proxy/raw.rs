@@ -27,12 +27,11 @@ use crate::backend_stream::BackendStream;
 use crate::chunked;
 use crate::color::Color;
 use crate::deadline::Deadline;
-use crate::dispatch::{connect_error, raw_connection, upstream_error};
+use crate::dispatch::{Fault, raw_connection};
 use crate::drain::{CUT_CHECK, InFlight};
 use crate::error::ProxyError;
 use crate::h1;
 use crate::headers::ClientBody;
-use crate::metrics::ErrorKind;
 use crate::relay::READ_SIZE;
 use crate::routing::SetCookies;
 use crate::rules::Limits;
@@ -49,12 +48,9 @@ pub(super) fn takes(req: &Request<ClientBody>, upgrade: bool) -> bool {
 
 /// How one attempt went before any of the response reached the client.
 enum Failure {
-    Connect(crate::upstream::UpstreamError),
-    /// Nothing came back on the connection: on a reused one, it may be retried.
-    Unanswered(io::Error),
-    Io(io::Error),
+    /// The backend's own failure, booked alike on both raw paths.
+    Backend(Fault),
     Bad(BadResponse),
-    Timeout,
     Drained,
 }
 
@@ -98,7 +94,7 @@ pub(super) async fn respond(
     let attempt = loop {
         let (mut stream, reused) = match raw_connection(&mut in_flight, retried, &mut moved).await {
             Ok(conn) => conn,
-            Err(e) => break Err(Failure::Connect(e)),
+            Err(e) => break Err(Failure::Backend(Fault::Connect(e))),
         };
         buf.clear();
         let exchange = exchange(
@@ -111,8 +107,10 @@ pub(super) async fn respond(
         );
         match timed(exchange, &in_flight, respond_by, &mut deadline).await {
             Ok(head) => break Ok((stream, head)),
-            Err(Failure::Unanswered(_)) if reused && retry => retried = true,
-            Err(Failure::Unanswered(e)) => break Err(Failure::Io(e)),
+            Err(Failure::Backend(Fault::Unanswered(_))) if reused && retry => retried = true,
+            Err(Failure::Backend(Fault::Unanswered(e))) => {
+                break Err(Failure::Backend(Fault::Io(e)));
+            }
             Err(failure) => break Err(failure),
         }
     };
@@ -210,7 +208,7 @@ async fn timed<T>(
                     return Err(Failure::Drained);
                 }
                 if Instant::now() >= respond_by {
-                    return Err(Failure::Timeout);
+                    return Err(Failure::Backend(Fault::Timeout));
                 }
             }
         }
@@ -232,14 +230,18 @@ async fn exchange(
         Ok(n) => stream
             .write_all(&out[n..])
             .await
-            .map_err(Failure::Unanswered)?,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            stream.write_all(out).await.map_err(Failure::Unanswered)?
-        }
-        Err(e) => return Err(Failure::Unanswered(e)),
+            .map_err(|e| Failure::Backend(Fault::Unanswered(e)))?,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream
+            .write_all(out)
+            .await
+            .map_err(|e| Failure::Backend(Fault::Unanswered(e)))?,
+        Err(e) => return Err(Failure::Backend(Fault::Unanswered(e))),
     }
     if stream.needs_flush() {
-        stream.flush().await.map_err(Failure::Unanswered)?;
+        stream
+            .flush()
+            .await
+            .map_err(|e| Failure::Backend(Fault::Unanswered(e)))?;
     }
     // An interim answer came: the request is no longer unanswered (not retried).
     let mut heard = false;
@@ -274,11 +276,19 @@ async fn exchange(
         }
         match stream.read_buf(buf).await {
             Ok(0) if buf.is_empty() && !heard => {
-                return Err(Failure::Unanswered(io::ErrorKind::UnexpectedEof.into()));
+                return Err(Failure::Backend(Fault::Unanswered(
+                    io::ErrorKind::UnexpectedEof.into(),
+                )));
             }
-            Ok(0) => return Err(Failure::Io(io::ErrorKind::UnexpectedEof.into())),
-            Err(e) if buf.is_empty() && !heard => return Err(Failure::Unanswered(e)),
-            Err(e) => return Err(Failure::Io(e)),
+            Ok(0) => {
+                return Err(Failure::Backend(Fault::Io(
+                    io::ErrorKind::UnexpectedEof.into(),
+                )));
+            }
+            Err(e) if buf.is_empty() && !heard => {
+                return Err(Failure::Backend(Fault::Unanswered(e)));
+            }
+            Err(e) => return Err(Failure::Backend(Fault::Io(e))),
             Ok(_) => {}
         }
     }
@@ -335,10 +345,6 @@ fn failure_response(
 ) -> Response<ProxyBody> {
     let (backend, color) = (in_flight.backend().address.clone(), in_flight.color());
     let (kind, err) = match failure {
-        Failure::Connect(e) => {
-            let cause = e.to_string();
-            (ErrorKind::Connect, connect_error(backend, color, &e, cause))
-        }
         Failure::Drained => {
             in_flight.closed_by_drain();
             let err = ProxyError::Drained { backend, color };
@@ -348,18 +354,7 @@ fn failure_response(
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             return resp;
         }
-        Failure::Timeout => (
-            ErrorKind::Timeout,
-            ProxyError::Timeout {
-                backend,
-                color,
-                after: answer.timeout,
-            },
-        ),
-        Failure::Unanswered(e) | Failure::Io(e) => {
-            let cause = e.to_string();
-            (ErrorKind::Reset, upstream_error(backend, color, &e, cause))
-        }
+        Failure::Backend(fault) => fault.booked(backend, color, answer.timeout),
         Failure::Bad(bad) => return bad_response(in_flight, bad, peer),
     };
     failed(in_flight, kind, err, peer)

@@ -18,22 +18,18 @@ use crate::backend_stream::{BackendStream, WriteHalf};
 use crate::chunked;
 use crate::client_io::ClientIo;
 use crate::deadline::Deadline;
-use crate::dispatch::{Proxy, book_failure, connect_error, raw_connection, upstream_error};
+use crate::dispatch::{Fault, Proxy, book_failure, raw_connection};
 use crate::drain::CUT_CHECK;
 use crate::error::ProxyError;
 use crate::h1;
 use crate::metrics::ErrorKind;
 use crate::rules::response::{BadResponse, Framing};
-use crate::upstream::UpstreamError;
 
 /// How one attempt at the backend went, before any of its response reached the client.
 enum Failure {
-    Connect(UpstreamError),
-    /// Nothing came back on a reused connection: it may be retried.
-    Unanswered(io::Error),
-    Io(io::Error),
+    /// The backend's own failure, booked alike on both raw paths.
+    Backend(Fault),
     Bad(BadResponse),
-    Timeout,
     /// The client closed its connection while waiting.
     ClientGone,
     /// Its colour's drain deadline passed while it waited for the head.
@@ -78,7 +74,7 @@ pub(super) async fn exchange<C: ClientIo>(
         let (mut upstream, reused) =
             match raw_connection(&mut ex.in_flight, retried, &mut moved).await {
                 Ok(conn) => conn,
-                Err(e) => return failed(c, proxy, ex, Failure::Connect(e)).await,
+                Err(e) => return failed(c, proxy, ex, Failure::Backend(Fault::Connect(e))).await,
             };
         c.up.clear();
         match response_head(
@@ -93,8 +89,10 @@ pub(super) async fn exchange<C: ClientIo>(
         .await
         {
             Ok(head) => break (upstream, head),
-            Err(Failure::Unanswered(_)) if reused && ex.retry => retried = true,
-            Err(Failure::Unanswered(e)) => return failed(c, proxy, ex, Failure::Io(e)).await,
+            Err(Failure::Backend(Fault::Unanswered(_))) if reused && ex.retry => retried = true,
+            Err(Failure::Backend(Fault::Unanswered(e))) => {
+                return failed(c, proxy, ex, Failure::Backend(Fault::Io(e))).await;
+            }
             Err(failure) => return failed(c, proxy, ex, failure).await,
         }
     };
@@ -155,7 +153,7 @@ async fn response_head<C: ClientIo>(
     let mut written = match first {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(e) => return Err(Failure::Unanswered(e)),
+        Err(e) => return Err(Failure::Backend(Fault::Unanswered(e))),
     };
     // An interim answer came: the request is no longer unanswered (not retried).
     let mut heard = false;
@@ -205,7 +203,7 @@ async fn response_head<C: ClientIo>(
             sent = write_or_flush(&mut to, unsent, pending),
                 if (pending && !unsent.is_empty()) || (unflushed && !pending) => match sent {
                 Ok(None) => unflushed = false,
-                Ok(Some(0)) => return Err(Failure::Unanswered(io::ErrorKind::WriteZero.into())),
+                Ok(Some(0)) => return Err(Failure::Backend(Fault::Unanswered(io::ErrorKind::WriteZero.into()))),
                 Ok(Some(n)) => {
                     written += n;
                     if written == total {
@@ -213,18 +211,18 @@ async fn response_head<C: ClientIo>(
                         *respond_by = Instant::now() + proxy.response_timeout;
                     }
                 }
-                Err(e) if c.up.is_empty() => return Err(Failure::Unanswered(e)),
-                Err(e) => return Err(Failure::Io(e)),
+                Err(e) if c.up.is_empty() => return Err(Failure::Backend(Fault::Unanswered(e))),
+                Err(e) => return Err(Failure::Backend(Fault::Io(e))),
             },
             read = from.read_buf(&mut c.up) => match read {
                 Ok(0) if c.up.is_empty() && !heard => {
-                    return Err(Failure::Unanswered(io::ErrorKind::UnexpectedEof.into()));
+                    return Err(Failure::Backend(Fault::Unanswered(io::ErrorKind::UnexpectedEof.into())));
                 }
-                Ok(0) => return Err(Failure::Io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(0) => return Err(Failure::Backend(Fault::Io(io::ErrorKind::UnexpectedEof.into()))),
                 Err(e) if c.up.is_empty() && !heard => {
-                    return Err(Failure::Unanswered(e));
+                    return Err(Failure::Backend(Fault::Unanswered(e)));
                 }
-                Err(e) => return Err(Failure::Io(e)),
+                Err(e) => return Err(Failure::Backend(Fault::Io(e))),
                 Ok(_) => {}
             },
             // Reached each second while it waits (the deadline is lazy: a request that
@@ -236,7 +234,7 @@ async fn response_head<C: ClientIo>(
                 }
                 let now = Instant::now();
                 if now >= *respond_by {
-                    return Err(Failure::Timeout);
+                    return Err(Failure::Backend(Fault::Timeout));
                 }
                 deadline.set((*respond_by).min(now + CUT_CHECK));
             }
@@ -282,10 +280,6 @@ fn failed<'a, C: ClientIo>(
         } = ex;
         let (backend, color) = (in_flight.backend().address.clone(), in_flight.color());
         let (kind, err) = match failure {
-            Failure::Connect(e) => {
-                let cause = e.to_string();
-                (ErrorKind::Connect, connect_error(backend, color, &e, cause))
-            }
             Failure::Drained => {
                 // Not the backend's fault: counted as closed by the drain, answered 503,
                 // and the connection closed.
@@ -305,18 +299,7 @@ fn failed<'a, C: ClientIo>(
                 tracing::debug!(peer = %c.peer.addr, "client closed before the response");
                 return false;
             }
-            Failure::Timeout => (
-                ErrorKind::Timeout,
-                ProxyError::Timeout {
-                    backend,
-                    color,
-                    after: proxy.response_timeout,
-                },
-            ),
-            Failure::Unanswered(e) | Failure::Io(e) => {
-                let cause = e.to_string();
-                (ErrorKind::Reset, upstream_error(backend, color, &e, cause))
-            }
+            Failure::Backend(fault) => fault.booked(backend, color, proxy.response_timeout),
             Failure::Bad(e) => (
                 ErrorKind::Protocol,
                 ProxyError::Upstream {
