@@ -157,6 +157,37 @@ async fn pipelined_requests_and_a_body_sent_in_pieces_are_answered_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_to_a_closing_request_arrives_whole_though_the_client_sent_more_than_was_read() {
+    let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut from, mut to) = stream.into_split();
+    // The answer's last bytes wait for the FIN; bytes the proxy never read must not
+    // turn that into a reset that drops them.
+    let writer = tokio::spawn(async move {
+        to.write_all(b"GET /slow?ms=100 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await?;
+        // Far more than the relay reads ahead while it waits for the answer.
+        to.write_all(&vec![b'x'; 4 << 20]).await
+    });
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match from.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => reply.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    read.await.expect("the connection ends");
+    writer.abort();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.contains("\r\nconnection: close\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nblue"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_while_its_backend_is_silent_is_no_longer_counted_in_flight() {
     let proxy = Proxy::start(&[backend("blue").await], &[backend("green").await], "").await;
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");

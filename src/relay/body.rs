@@ -24,6 +24,7 @@ pub(super) async fn relay_body<C: ClientIo>(
     framing: Framing,
     in_flight: InFlight,
     read_timeout: Duration,
+    last: bool,
 ) -> io::Result<bool> {
     let mut in_flight = Some(in_flight);
     // Counts body bytes; released before the write that ends the body.
@@ -70,7 +71,7 @@ pub(super) async fn relay_body<C: ClientIo>(
     c.out.extend_from_slice(&c.up[..n]);
     c.up.advance(n);
     count(&mut in_flight, n, done);
-    Conn::write(&mut c.client, &c.out, c.write_timeout).await?;
+    Conn::write(&mut c.client, &c.out, c.write_timeout, last && done).await?;
     // Armed only for a body that takes more than one read.
     let mut tick: Option<Deadline> = None;
     while !done {
@@ -117,7 +118,7 @@ pub(super) async fn relay_body<C: ClientIo>(
             take(&c.up).map_err(|e| broke(&mut in_flight, ErrorKind::Protocol, e))?;
         done = complete;
         count(&mut in_flight, n, done);
-        Conn::write(&mut c.client, &c.up[..n], c.write_timeout).await?;
+        Conn::write(&mut c.client, &c.up[..n], c.write_timeout, last && done).await?;
         c.up.advance(n);
     }
     Ok(true)

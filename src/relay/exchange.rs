@@ -106,12 +106,16 @@ pub(super) async fn exchange<C: ClientIo>(
     let backend = Arc::clone(ex.in_flight.backend());
     ex.in_flight.backend().record(head.code < 500);
     ex.in_flight.status = head.code;
+    // The client connection ends with this response (one framed by the backend's
+    // close ends with no write to mark as the last).
+    let last = ex.close;
     let reusable = match relay_body(
         c,
         &mut upstream,
         head.framing,
         ex.in_flight,
         proxy.read_timeout,
+        last,
     )
     .await
     {
@@ -290,7 +294,7 @@ fn failed<'a, C: ClientIo>(
                 drop(in_flight);
                 c.out.clear();
                 h1::write_local(err.status(), err.client_message(), true, &mut c.out);
-                let _ = Conn::write(&mut c.client, &c.out, c.write_timeout).await;
+                let _ = Conn::write(&mut c.client, &c.out, c.write_timeout, true).await;
                 return false;
             }
             Failure::ClientGone => {
@@ -314,7 +318,7 @@ fn failed<'a, C: ClientIo>(
         drop(in_flight);
         c.out.clear();
         h1::write_local(err.status(), err.client_message(), close, &mut c.out);
-        Conn::write(&mut c.client, &c.out, c.write_timeout)
+        Conn::write(&mut c.client, &c.out, c.write_timeout, close)
             .await
             .is_ok()
     })

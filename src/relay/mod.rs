@@ -168,10 +168,20 @@ struct Conn<C> {
 
 impl<C: ClientIo> Conn<C> {
     /// Writes `bytes` to the client within the write timeout: a client that stops
-    /// reading loses its connection instead of holding it.
-    async fn write(client: &mut C, bytes: &[u8], limit: std::time::Duration) -> io::Result<()> {
+    /// reading loses its connection instead of holding it. `last`: the connection is
+    /// closed after them.
+    async fn write(
+        client: &mut C,
+        bytes: &[u8],
+        limit: std::time::Duration,
+        last: bool,
+    ) -> io::Result<()> {
         // Most answers fit in the socket's buffer: written at once, no timer armed.
-        let rest = match client.try_write_now(bytes) {
+        let now = match last {
+            true => client.try_write_last(bytes),
+            false => client.try_write_now(bytes),
+        };
+        let rest = match now {
             Ok(n) if n == bytes.len() && client.flushed() => return Ok(()),
             Ok(n) => &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => bytes,
@@ -246,7 +256,7 @@ async fn next_request<C: ClientIo>(
         match buffered_request(c, proxy) {
             Buffered::Request(ex) => return Next::Request(ex),
             Buffered::Answered { close } => {
-                let written = Conn::write(&mut c.client, &c.out, c.write_timeout)
+                let written = Conn::write(&mut c.client, &c.out, c.write_timeout, close)
                     .await
                     .is_ok();
                 return Next::Answered {
@@ -292,7 +302,7 @@ async fn next_request<C: ClientIo>(
                 proxy.tracker.telemetry().refused(Reject::Timeout);
                 c.out.clear();
                 h1::write_local(Reject::Timeout.status(), Reject::Timeout.client_message(), true, &mut c.out);
-                let _ = Conn::write(&mut c.client, &c.out, WRITE_GRACE).await;
+                let _ = Conn::write(&mut c.client, &c.out, WRITE_GRACE, true).await;
                 return Next::Close;
             }
             () = stopping.as_mut(), if c.buf.is_empty() && !stop_seen => {
