@@ -9,8 +9,10 @@ run. Binds 127.0.0.1 only. Loads:
 - `keep-alive`: HTTP/1.1 keep-alive, `wrk -t1 -c64`.
 - `close`: a new connection per request, `wrk -t1 -c64 -H 'Connection: close'`.
 - `h2c`: HTTP/2 with prior knowledge, `h2load -c16 -m32 -t1`.
-- `tls-handshake`: a full TLS handshake per request (wrk keeps no session, so nothing
-  is resumed), `wrk -t1 -c64 -H 'Connection: close' https://…`.
+- `tls-handshake`: a full TLS handshake per request, `wrk -t1 -c64 -H 'Connection:
+  close' https://…`. wrk offers its last session on each new connection, so both
+  proxies have resumption off (HAProxy `no-tls-tickets` and `tune.ssl.cachesize 0`,
+  cutover `resumption = false`): every handshake is a full one.
 - `tls-keep-alive`: HTTP/1.1 keep-alive over TLS, `wrk -t1 -c64 https://…`.
 - `h2-tls`: HTTP/2 over TLS (ALPN h2), `h2load -c16 -m32 -t1 https://…`.
 - `1MiB-down`: 1 MiB responses, `wrk -t1 -c16` (throughput in MiB/s).
@@ -65,6 +67,7 @@ global
   nbthread 1
   no strict-limits
   maxconn {IDLE + 2000}
+  tune.ssl.cachesize 0
 defaults
   mode http
   timeout connect 2s
@@ -74,7 +77,7 @@ defaults
   http-reuse always
 frontend fe
   bind 127.0.0.1:{P['haproxy']}
-  bind 127.0.0.1:{P['haproxy_tls']} ssl crt {pem} alpn h2,http/1.1
+  bind 127.0.0.1:{P['haproxy_tls']} ssl crt {pem} alpn h2,http/1.1 no-tls-tickets
   default_backend be
 backend be
   server s1 127.0.0.1:{P['upstream']}
@@ -90,6 +93,7 @@ address = "127.0.0.1:{P['cutover_tls']}"
 [listen.extra.tls]
 cert = "{crt}"
 key = "{key}"
+resumption = false
 [admin]
 socket = "{work}/cutover.sock"
 [pools.blue]

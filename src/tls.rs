@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
 use tokio_rustls::TlsAcceptor;
@@ -60,8 +62,15 @@ impl Terminator {
         // RFC 7301: h2 preferred, HTTP/1.1 otherwise; a client without ALPN gets
         // HTTP/1.1.
         settings.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        settings.ticketer = rustls::crypto::ring::Ticketer::new()?;
-        settings.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+        if config.resumption {
+            settings.ticketer = rustls::crypto::ring::Ticketer::new()?;
+            settings.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+        } else {
+            // No tickets are sent (TLS 1.3 sends two by default, even with no ticketer)
+            // and no session is kept: a client offering one gets a full handshake.
+            settings.send_tls13_tickets = 0;
+            settings.session_storage = Arc::new(NoServerSessionStorage {});
+        }
         Ok(Terminator {
             acceptor: TlsAcceptor::from(Arc::new(settings)),
             certs,

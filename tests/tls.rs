@@ -154,6 +154,55 @@ async fn an_https_client_gets_h2_by_alpn_and_the_http1_relay_without_it() {
     assert_eq!(green.received().len(), 0);
 }
 
+/// How each of three connections from one client went: the client keeps the
+/// tickets (or the TLS 1.2 session) it was given and offers them on the next.
+async fn handshakes(
+    t: &Tls,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Vec<String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(t.ca.cert.clone()).expect("trust ca");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let config = std::sync::Arc::new(config);
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let mut tls = connect(t.proxy.addr, std::sync::Arc::clone(&config), "localhost")
+            .await
+            .expect("handshake");
+        // A TLS 1.3 client reads its tickets with the first answer.
+        let (status, _) = h1_round_trip(&mut tls, &get_bytes("/")).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        kinds.push(format!("{:?}", tls.get_ref().1.handshake_kind()));
+    }
+    kinds
+}
+
+#[tokio::test]
+async fn clients_resume_their_sessions_unless_resumption_is_off() {
+    let blue = RawBackend::start().await;
+    let green = RawBackend::start().await;
+    let (full, resumed) = ("Some(Full)", "Some(Resumed)");
+    for (setting, expected) in [
+        ("", [full, resumed, resumed]),
+        ("resumption = true\n", [full, resumed, resumed]),
+        ("resumption = false\n", [full, full, full]),
+    ] {
+        let t = tls_proxy(blue.addr, green.addr, setting, "").await;
+        for versions in [
+            &[&rustls::version::TLS13][..],
+            &[&rustls::version::TLS12][..],
+        ] {
+            let kinds = handshakes(&t, versions).await;
+            assert_eq!(kinds, expected, "{setting:?} {versions:?}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn sni_picks_the_certificate_for_the_name_and_the_default_for_any_other() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -508,6 +557,16 @@ fn listener_config_errors_name_the_key_and_the_file() {
         cert_keys(&good)
     ));
     assert_eq!(bad_sni[0].0, "listen.tls.sni[0].name", "{bad_sni:?}");
+
+    let text = config_text(
+        dir.path(),
+        &[blue],
+        &[green],
+        &format!("\n[listen.tls]\n{}resumption = \"no\"\n", cert_keys(&good)),
+    );
+    let err = cutover::config::Config::parse(&text, Path::new("t.toml"))
+        .expect_err("a string is not a boolean");
+    assert!(err.to_string().contains("resumption"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,9 @@ pub struct TlsConfig {
     pub sni: Vec<SniCert>,
     /// How long a client has to finish its handshake before the connection is closed.
     pub handshake_timeout: Duration,
+    /// Clients may resume a session (tickets, and ids for TLS 1.2); false makes every
+    /// handshake a full one (HAProxy's `no-tls-tickets` with no session cache).
+    pub resumption: bool,
 }
 
 /// A certificate chain and its key, as PEM files: read at start, again when they
@@ -221,6 +224,7 @@ fn tls(key: &str, raw: &RawTls, problems: &mut Vec<Problem>) -> TlsConfig {
             raw.handshake_timeout.clone(),
             DEFAULT_HANDSHAKE_TIMEOUT,
         ),
+        resumption: raw.resumption.unwrap_or(true),
     }
 }
 

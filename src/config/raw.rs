@@ -234,6 +234,8 @@ pub(super) struct RawTls {
     pub(super) sni: Vec<RawSni>,
     /// How long a client has to finish its handshake (default `10s`).
     pub(super) handshake_timeout: Option<String>,
+    /// Session resumption: tickets and the session-id cache (default true).
+    pub(super) resumption: Option<bool>,
 }
 
 /// A certificate served to clients asking for `name`.
