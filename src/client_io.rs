@@ -3,7 +3,7 @@
 //! for `TcpStream` and keeps its `try_write` fast path; TLS gets its own copy.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -53,7 +53,7 @@ impl ClientIo for TcpStream {
 
     fn try_write_last(&mut self, bytes: &[u8]) -> io::Result<usize> {
         self.try_io(Interest::WRITABLE, || {
-            SockRef::from(&*self).send_with_flags(bytes, libc::MSG_MORE)
+            HeldBack(SockRef::from(&*self)).write(bytes)
         })
     }
 
@@ -96,6 +96,31 @@ impl ClientIo for TlsStream<TcpStream> {
         }
     }
 
+    /// The last answer, its `close_notify` and the FIN in one segment: the records go
+    /// to the socket with `MSG_MORE`, and [`close`](ClientIo::close) (whose own
+    /// `close_notify` is then a no-op) sends the FIN with them.
+    fn try_write_last(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.get_ref().1.wants_write() {
+            // Records from before still wait: they go first, the usual way.
+            return self.try_write_now(bytes);
+        }
+        let (tcp, session) = self.get_mut();
+        let n = session.writer().write(bytes)?;
+        if n == bytes.len() {
+            session.send_close_notify();
+        }
+        while session.wants_write() {
+            let held = &mut HeldBack(SockRef::from(&*tcp));
+            match tcp.try_io(Interest::WRITABLE, || session.write_tls(held)) {
+                Ok(_) => {}
+                // The rest is written by the flush the caller owes.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
     fn flushed(&self) -> bool {
         !self.get_ref().1.wants_write()
     }
@@ -113,5 +138,23 @@ impl ClientIo for TlsStream<TcpStream> {
 
     async fn close(&mut self, limit: Duration) {
         let _ = tokio::time::timeout(limit, self.shutdown()).await;
+    }
+}
+
+/// Writes to a TCP socket with `MSG_MORE`: a tail shorter than a segment waits for the
+/// FIN (or the next write) instead of leaving alone.
+struct HeldBack<'a>(SockRef<'a>);
+
+impl io::Write for HeldBack<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send_with_flags(buf, libc::MSG_MORE)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.send_vectored_with_flags(bufs, libc::MSG_MORE)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -154,6 +154,41 @@ async fn an_https_client_gets_h2_by_alpn_and_the_http1_relay_without_it() {
     assert_eq!(green.received().len(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_answer_over_tls_arrives_whole_with_close_notify_though_the_client_sent_more() {
+    let t = tls_proxy(backend("blue").await, backend("green").await, "", "").await;
+    for unread in [0, 4 << 20] {
+        let tls = connect(t.proxy.addr, t.ca.client_config(&[]), "localhost")
+            .await
+            .expect("handshake");
+        let (mut from, mut to) = tokio::io::split(tls);
+        let writer = tokio::spawn(async move {
+            to.write_all(b"GET /slow?ms=100 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .await?;
+            to.flush().await?;
+            // Bytes the proxy never reads: its close must not lose the answer to them.
+            to.write_all(&vec![b'x'; unread]).await?;
+            to.flush().await?;
+            Ok::<_, std::io::Error>(to)
+        });
+        let mut reply = Vec::new();
+        // Ok only when the session ended with close_notify (rustls reports an EOF
+        // without one as an error).
+        tokio::time::timeout(Duration::from_secs(5), from.read_to_end(&mut reply))
+            .await
+            .expect("the connection ends")
+            .expect("a clean close_notify");
+        writer.abort();
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{unread}: {reply}"
+        );
+        assert!(reply.contains("\r\nconnection: close\r\n"), "{reply}");
+        assert!(reply.ends_with("\r\n\r\nblue"), "{unread}: {reply}");
+    }
+}
+
 /// How each of three connections from one client went: the client keeps the
 /// tickets (or the TLS 1.2 session) it was given and offers them on the next.
 async fn handshakes(
