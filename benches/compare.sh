@@ -5,8 +5,8 @@
 #   bash benches/compare.sh                # ~4.5 minutes on 2 cores
 #   DURATION=5 ROUNDS=2 FIXED_DURATION=2 FIXED_ROUNDS=3 bash benches/compare.sh
 #   CANARY=10 bash benches/compare.sh      # cutover with a 10 % canary split on
-#   bash benches/compare.sh --instructions   # user-space instructions/request (callgrind), ~1 min
-#   bash benches/compare.sh --edge     # h2c, new connections, TLS, 1 MiB bodies, switching, 10k idle (~6 min)
+#   bash benches/compare.sh --instructions   # user-space instructions/request (callgrind), HTTP/1.1 and h2c, ~2 min
+#   bash benches/compare.sh --edge     # h2c, new connections, TLS, 1 MiB bodies, switching, 10k idle (~15 min)
 #   EDGE_DURATION=2 EDGE_ROUNDS=1 bash benches/compare.sh --edge   # its quick mode, ~1 min
 #
 # Installs haproxy, nginx, wrk (and h2load for --edge) from Debian when missing, builds cutover and the
@@ -22,6 +22,7 @@ command -v taskset >/dev/null || need+=(util-linux)
 command -v python3 >/dev/null || need+=(python3)
 if [ "${1:-}" = "--instructions" ]; then
     command -v valgrind >/dev/null || need+=(valgrind)
+    command -v h2load >/dev/null || need+=(nghttp2-client)
 fi
 if [ "${1:-}" = "--edge" ]; then
     command -v h2load >/dev/null || need+=(nghttp2-client)

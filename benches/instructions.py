@@ -5,8 +5,11 @@ Wall-clock numbers on a shared machine drift by 10-20 % between runs; instructio
 counts barely do (the same binary under the same load repeats within 0.2 %). Each proxy
 runs alone under `valgrind --tool=callgrind` in front of the same upstream; after a
 warm-up the counters are zeroed, `wrk -t1 -c16` runs for a fixed time, and the counters
-are dumped: instructions ÷ requests answered. Kernel time is not counted; see
-compare.py for that. Run through compare.sh: `bash benches/compare.sh --instructions`.
+are dumped: instructions ÷ requests answered. Two loads: HTTP/1.1 keep-alive
+(`wrk -t1 -c16`, all three proxies) and h2c (`h2load -c16 -m32 -t1`, HAProxy and
+cutover, as edge.py runs it), so the HTTP/2 gap can be followed without the noise of
+wall-clock runs. Kernel time is not counted; see compare.py for that. Run through
+compare.sh: `bash benches/compare.sh --instructions`.
 """
 import os, re, signal, subprocess, sys, tempfile, time
 
@@ -15,6 +18,7 @@ import compare
 SECONDS = int(os.environ.get("INSTR_SECONDS", "6"))
 CONNS = 16
 PORTS = {"haproxy": 18091, "nginx": 18092, "cutover": 18093}
+STREAMS = 32
 
 
 def callgrind(work, name, args):
@@ -34,17 +38,27 @@ def wrk(port, seconds):
     return int(m.group(1)) if m else 0, int(errors.group(1)) if errors else 0
 
 
-def measure(work, name, args):
-    proc, out = callgrind(work, name, args)
+def h2load(port, seconds):
+    out = subprocess.run(["taskset", "-c", compare.LOAD_CPU, "h2load", f"-c{CONNS}", f"-m{STREAMS}", "-t1",
+                          "-D", str(seconds), f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
+    req = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
+    ok = re.search(r"status codes: (\d+) 2xx", out)
+    answered = int(req.group(1)) if req else 0
+    return answered, answered - (int(ok.group(1)) if ok else 0)
+
+
+def measure(work, name, args, load=wrk, tag=""):
+    proc, out = callgrind(work, name + tag, args)
     try:
         compare.wait_port(PORTS[name], timeout=60)
-        wrk(PORTS[name], 2)
+        load(PORTS[name], 2)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True)
-        requests, errors = wrk(PORTS[name], SECONDS)
+        requests, errors = load(PORTS[name], SECONDS)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+    name += tag
     dumps = sorted(f for f in os.listdir(work) if f.startswith(f"{name}.callgrind."))
     if not dumps or not requests:
         sys.exit(f"{name}: no dump or no requests (see {work}/{name}.log)")
@@ -65,20 +79,27 @@ def main():
         # One process, so callgrind sees the worker itself.
         ngx = compare.nginx_proxy_conf(work, PORTS["nginx"], master=False)
         cfg = compare.cutover_toml(work, "cutover", PORTS["cutover"], metrics=True)
-        rows = {}
-        for name, args in [("haproxy", ["haproxy", "-db", "-f", hap]),
-                           ("nginx", ["nginx", "-c", ngx]),
-                           ("cutover", [compare.CUTOVER, "run", "--config", cfg])]:
+        proxies = [("haproxy", ["haproxy", "-db", "-f", hap]),
+                   ("nginx", ["nginx", "-c", ngx]),
+                   ("cutover", [compare.CUTOVER, "run", "--config", cfg])]
+        rows, h2 = {}, {}
+        for name, args in proxies:
             rows[name] = measure(work, name, args)
             print(f"{name:8} {rows[name][0]:>8.0f} instructions/request  "
                   f"({rows[name][1]} requests, {rows[name][2]} errors)", file=sys.stderr)
-        h = rows["haproxy"][0]
-        print(f"\nUser-space instructions per request under callgrind (wrk -t1 -c{CONNS}, {SECONDS} s, "
-              f"after a 2 s warm-up):\n")
-        print("| proxy | instructions/request | ÷ HAProxy |")
-        print("|---|---:|---:|")
+        # HAProxy takes h2c's preface on the same plain bind; the nginx row has no h2c.
+        for name, args in proxies[::2]:
+            h2[name] = measure(work, name, args, load=h2load, tag="-h2c")
+            print(f"{name:8} {h2[name][0]:>8.0f} instructions/request, h2c  "
+                  f"({h2[name][1]} requests, {h2[name][2]} errors)", file=sys.stderr)
+        h, h2h = rows["haproxy"][0], h2["haproxy"][0]
+        print(f"\nUser-space instructions per request under callgrind ({SECONDS} s after a 2 s warm-up; "
+              f"HTTP/1.1: wrk -t1 -c{CONNS}; h2c: h2load -c{CONNS} -m{STREAMS} -t1):\n")
+        print("| proxy | HTTP/1.1 instructions/request | ÷ HAProxy | h2c instructions/request | ÷ HAProxy |")
+        print("|---|---:|---:|---:|---:|")
         for name, (ir, _, _) in rows.items():
-            print(f"| {name} | {ir:.0f} | {ir / h:.2f} |")
+            cells = f"{h2[name][0]:.0f} | {h2[name][0] / h2h:.2f}" if name in h2 else "- | -"
+            print(f"| {name} | {ir:.0f} | {ir / h:.2f} | {cells} |")
     finally:
         os.killpg(upstream.pid, signal.SIGTERM)
         upstream.wait(timeout=10)
